@@ -1,0 +1,49 @@
+# Two commands set everything up on a fresh machine:  `make serve`  and  `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install serve ingest test test-fast lint eval bench clean
+
+# Idempotent: re-runs pip only when pyproject.toml changed since the last install.
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch first and pinned: the CPU wheel on disk. An unpinned torch would pull a multi-GB CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	# llama-cpp-python builds from source the first time (~5 min on 2 cores); pip caches the wheel.
+	CMAKE_BUILD_PARALLEL_LEVEL=2 $(BIN)/pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+ingest: install
+	$(BIN)/rag ingest
+
+serve: install
+	$(BIN)/rag ingest
+	$(BIN)/rag serve
+
+lint: install
+	$(BIN)/ruff check rag api tests
+	$(BIN)/ruff format --check rag api tests
+	$(BIN)/mypy
+
+# Every test, the slow real-model and browser ones included, then the eval gate on the real models.
+test: install
+	$(BIN)/python -m pytest -q
+	$(BIN)/rag ingest
+	$(BIN)/rag eval
+
+test-fast: install
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+eval: install
+	$(BIN)/rag eval
+
+clean:
+	rm -rf $(VENV) index .pytest_cache .mypy_cache .ruff_cache

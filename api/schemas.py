@@ -1,0 +1,172 @@
+"""Pydantic models for the HTTP edge: request bodies (validated) and response shapes (documented).
+
+Inside the library the stages exchange frozen dataclasses (``rag.types``);
+these models exist only where JSON crosses the wire. Response models are used
+for the OpenAPI description; the routes build their JSON with the same helpers
+the CLI uses (``rag.cli.answer_to_dict``) so both speak the same format.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+MAX_HISTORY_TURNS = 20
+MAX_TURN_CHARS = 20_000
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+NonBlank = Annotated[str, AfterValidator(_not_blank)]
+
+
+class HistoryTurn(BaseModel):
+    """One earlier message of the conversation, oldest first."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    role: Literal["user", "assistant"]
+    content: str = Field(max_length=MAX_TURN_CHARS)
+
+
+class AskRequest(BaseModel):
+    """Body of ``POST /ask``. The question's upper length is ``Settings.max_question_chars``,
+    checked by the route because it is configurable."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    question: NonBlank = Field(min_length=1, description="The question, in plain words.")
+    history: list[HistoryTurn] = Field(
+        default_factory=list,
+        max_length=MAX_HISTORY_TURNS,
+        description="Earlier turns, oldest first, so follow-up questions can refer to them.",
+    )
+    k: int | None = Field(None, ge=1, le=20, description="Passages given to the model (default: RAG_TOP_K).")
+    stream: bool = Field(False, description="Answer as Server-Sent Events (also with Accept: text/event-stream).")
+
+
+class SearchRequest(BaseModel):
+    """Body of ``POST /search``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: NonBlank = Field(min_length=1, max_length=MAX_TURN_CHARS)
+    k: int | None = Field(None, ge=1, le=50, description="Number of hits (default: RAG_TOP_K).")
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Stable machine-readable code, e.g. 'invalid_request', 'busy', 'not_found'.")
+    message: str = Field(description="What went wrong and what to do, for people.")
+
+
+class ErrorResponse(BaseModel):
+    """Every error the service returns has this shape."""
+
+    error: ErrorDetail
+
+
+class HitOut(BaseModel):
+    chunk_id: str
+    doc_id: str
+    start: int = Field(description="Character offset of the passage in its source document.")
+    end: int
+    text: str
+    score: float
+    page: int | None = None
+
+
+class SearchResponse(BaseModel):
+    hits: list[HitOut]
+
+
+class DocInfoOut(BaseModel):
+    doc_id: str
+    sha256: str
+    chunks: int
+    chars: int
+
+
+class DeletedOut(BaseModel):
+    deleted: str
+
+
+class CitationOut(BaseModel):
+    marker: int = Field(description="The n of an [n] marker in the answer text.")
+    chunk_id: str
+    doc_id: str
+    start: int = Field(description="Offset of the passage in the source document; text starts here.")
+    end: int
+    text: str
+    page: int | None = None
+    span_start: int | None = Field(None, description="Supporting words, as offsets in the source document.")
+    span_end: int | None = None
+
+
+class SentenceOut(BaseModel):
+    text: str
+    markers: list[int]
+    supported: bool
+    support: float
+    note: str
+
+
+class AnswerOut(BaseModel):
+    """The answer object of ``POST /ask`` (and of the ``answer`` event when streaming)."""
+
+    question: str
+    standalone_question: str
+    answer: str
+    abstained: bool = Field(description="True when the documents do not answer the question.")
+    citations: list[CitationOut]
+    sentences: list[SentenceOut]
+    timings: dict[str, float]
+    provenance: dict[str, str]
+    notes: list[str]
+
+
+# --- OpenAI-compatible chat completions ------------------------------------------------------
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[ContentPart] | None = None
+
+    def plain_text(self) -> str:
+        """The message's text; image and other non-text parts are ignored.
+
+        >>> parts = [{"type": "text", "text": "a"}, {"type": "image_url"}, {"type": "text", "text": "b"}]
+        >>> ChatMessage(role="user", content=parts).plain_text()
+        'a\\nb'
+        """
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text for part in self.content if part.type == "text" and part.text)
+
+
+class ChatCompletionRequest(BaseModel):
+    """Body of ``POST /v1/chat/completions``. The last message must be the user's question;
+    earlier user/assistant messages become the history (the last 20 are kept); sampling
+    options such as ``temperature`` are accepted and ignored (decoding is greedy)."""
+
+    model_config = ConfigDict(extra="allow")
+
+    model: str | None = None
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    k: int | None = Field(None, ge=1, le=20, description="Extension: passages given to the model.")

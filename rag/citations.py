@@ -1,0 +1,233 @@
+"""Citation parsing and verification: every kept sentence must be backed by a cited passage.
+
+Small local models drop markers, cite the wrong passage, or add a fact the
+passages never state. So each sentence is checked lexically against the
+passages it cites: every number and every name it mentions must occur there,
+and most of its content words must come from the passage (or the question it
+restates). A sentence that fails against its own markers but passes against
+another retrieved passage is re-cited; one that passes nowhere is dropped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import Stemmer
+
+from rag.types import Citation, Hit, Sentence
+
+_MARKER = re.compile(r"\[\s*(\d+(?:\s*[,;]\s*\d+)*)\s*\]")
+_SENT_SPLIT = re.compile(r"(?<=[.!?])\s+")
+_WORD = re.compile(r"[A-Za-z][A-Za-z'’\-]*|\d[\d,.]*\d|\d")
+_STOP = frozenset(
+    """a about above after again against all also am an and any are as at be been before being below between
+    both but by can could did do does doing down during each few for from further had has have having he her
+    here hers him his how i if in into is it its itself just me more most my no nor not now of off on once only
+    or other our out over own same she should so some such than that the their them then there these they this
+    those through to too under until up very was we were what when where which while who whom why will with
+    would you your yes according said says reportedly passage passages document documents""".split()
+)
+_NUMBER_WORDS = {
+    "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7",
+    "eight": "8", "nine": "9", "ten": "10", "eleven": "11", "twelve": "12", "dozen": "12",
+    "hundred": "100", "thousand": "1000", "million": "1000000", "billion": "1000000000",
+}  # fmt: skip
+_stemmer = Stemmer.Stemmer("english")
+
+
+@dataclass(frozen=True)
+class ParsedSentence:
+    text: str  # without markers
+    markers: tuple[int, ...]
+
+
+def parse_answer(raw: str) -> list[ParsedSentence]:
+    """Split generated text into sentences and the ``[n]`` markers each one carries.
+
+    Markers standing after a sentence's full stop belong to that sentence.
+
+    >>> [(s.text, s.markers) for s in parse_answer("Rason [1]. It flew far. [2, 3] Yes")]
+    [('Rason.', (1,)), ('It flew far.', (2, 3)), ('Yes', ())]
+    """
+    pieces = [p for p in _SENT_SPLIT.split(raw.strip()) if p.strip()]
+    out: list[list[object]] = []
+    for piece in pieces:
+        lead = re.match(r"^(\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]\s*)+", piece)
+        if lead and out:
+            leading = _markers(lead.group(0))
+            out[-1][1] = tuple(dict.fromkeys([*out[-1][1], *leading]))  # type: ignore[misc]
+            piece = piece[lead.end() :]
+        if not piece.strip():
+            continue
+        markers = _markers(piece)
+        text = _MARKER.sub("", piece)
+        text = re.sub(r"\s+([.,;:!?])", r"\1", " ".join(text.split()))
+        out.append([text, markers])
+    return [ParsedSentence(str(t), tuple(m)) for t, m in out]  # type: ignore[call-overload]
+
+
+def _markers(text: str) -> tuple[int, ...]:
+    found: list[int] = []
+    for group in _MARKER.findall(text):
+        found.extend(int(n) for n in re.split(r"[,;]", group))
+    return tuple(dict.fromkeys(found))
+
+
+def _normalize_number(token: str) -> str:
+    """'7,000' -> '7000'; '2024.' -> '2024'."""
+    return token.replace(",", "").rstrip(".")
+
+
+def terms(text: str) -> set[str]:
+    """Stemmed content words and normalized numbers of ``text``.
+
+    >>> sorted(terms("Three million shells were shipped from Rason in 2,024."))
+    ['1000000', '2024', '3', 'rason', 'shell', 'ship']
+    """
+    out: set[str] = set()
+    for token in _WORD.findall(text):
+        low = token.lower().strip("'’-")
+        if not low or low in _STOP:
+            continue
+        if low[0].isdigit():
+            out.add(_normalize_number(low))
+        elif low in _NUMBER_WORDS:
+            out.add(_NUMBER_WORDS[low])
+        else:
+            out.add(_stemmer.stemWord(low.replace("’", "'").removesuffix("'s")))
+    return out
+
+
+def key_terms(sentence: str) -> set[str]:
+    """Terms that must be found in the evidence: numbers and capitalized names (not sentence-initial).
+
+    >>> sorted(key_terms("The missile, named Hwasong-19, flew 7,000 km."))
+    ['19', '7000', 'hwasong']
+    """
+    keys: set[str] = set()
+    for i, match in enumerate(_WORD.finditer(sentence)):
+        token = match.group(0)
+        if token[0].isdigit():
+            keys.add(_normalize_number(token))
+        elif i > 0 and token[0].isupper() and token.lower() not in _STOP:
+            keys |= terms(token)
+    return keys
+
+
+@dataclass(frozen=True)
+class Support:
+    supported: bool
+    score: float  # share of the sentence's content terms found in the evidence
+    missing: tuple[str, ...]
+
+
+def support(sentence: str, passage_terms: set[str], question_terms: set[str], min_overlap: float) -> Support:
+    """Is ``sentence`` backed by a passage (whose terms are given)?
+
+    Names and numbers must occur in the passage itself; other words may also
+    come from the question, which answers naturally restate.
+    """
+    sent_terms = terms(sentence)
+    if not sent_terms:
+        return Support(False, 0.0, ())
+    missing_keys = sorted(k for k in key_terms(sentence) if k not in passage_terms)
+    allowed = passage_terms | question_terms
+    found = [t for t in sent_terms if t in allowed]
+    in_passage = [t for t in sent_terms if t in passage_terms]
+    score = len(found) / len(sent_terms)
+    # At least one term must come from the passage itself, or a bare restated question would pass.
+    ok = not missing_keys and score >= min_overlap and bool(in_passage)
+    return Support(ok, round(score, 3), tuple(missing_keys))
+
+
+def best_span(sentence: str, hit: Hit) -> tuple[int, int]:
+    """Source offsets of the passage sentence sharing most terms with ``sentence``."""
+    text = hit.chunk.text
+    want = terms(sentence)
+    best, best_score = (0, len(text)), -1.0
+    pos = 0
+    for piece in _SENT_SPLIT.split(text):
+        start = text.find(piece, pos)
+        if start < 0:
+            continue
+        pos = start + len(piece)
+        score = len(terms(piece) & want)
+        if score > best_score:
+            best, best_score = (start, start + len(piece)), score
+    return hit.chunk.start + best[0], hit.chunk.start + best[1]
+
+
+@dataclass(frozen=True)
+class Verified:
+    sentences: tuple[Sentence, ...]
+    citations: tuple[Citation, ...]
+    notes: tuple[str, ...]
+
+    @property
+    def supported_text(self) -> str:
+        """The kept sentences, each followed by its markers."""
+        return " ".join(
+            f"{s.text.rstrip('.')} {''.join(f'[{m}]' for m in s.markers)}." if s.markers else s.text
+            for s in self.sentences
+            if s.supported
+        ).strip()
+
+
+def verify(raw: str, question: str, hits: Sequence[Hit], min_overlap: float = 0.6) -> Verified:
+    """Parse ``raw`` model output, check each sentence against its cited passages, repair or drop."""
+    notes: list[str] = []
+    passage_terms = [terms(h.chunk.text) for h in hits]
+    question_terms = terms(question)
+    sentences: list[Sentence] = []
+    spans: dict[int, tuple[int, int]] = {}
+    for parsed in parse_answer(raw):
+        markers = tuple(m for m in parsed.markers if 1 <= m <= len(hits))
+        if len(markers) < len(parsed.markers):
+            bad = sorted(set(parsed.markers) - set(markers))
+            notes.append(f"removed marker(s) {bad} pointing outside the {len(hits)} passages")
+        checks = {m: support(parsed.text, passage_terms[m - 1], question_terms, min_overlap) for m in markers}
+        good = tuple(m for m, s in checks.items() if s.supported)
+        note = ""
+        if not good:
+            # Repair: the sentence may be true to another retrieved passage (wrong or missing marker).
+            alt = [
+                (s.score, n)
+                for n in range(1, len(hits) + 1)
+                if (s := support(parsed.text, passage_terms[n - 1], question_terms, min_overlap)).supported
+            ]
+            if alt:
+                good = (max(alt)[1],)
+                note = f"re-cited to [{good[0]}]" if markers else f"citation [{good[0]}] added"
+                notes.append(f"{note}: {parsed.text!r}")
+        elif len(good) < len(markers):
+            note = f"dropped unsupported marker(s) {sorted(set(markers) - set(good))}"
+        if good:
+            score = max(support(parsed.text, passage_terms[m - 1], question_terms, min_overlap).score for m in good)
+            sentences.append(Sentence(parsed.text, good, True, score, note))
+            for m in good:
+                spans.setdefault(m, best_span(parsed.text, hits[m - 1]))
+        else:
+            worst = max(checks.values(), key=lambda s: s.score, default=None)
+            why = f"missing {', '.join(worst.missing)}" if worst and worst.missing else "no passage supports it"
+            sentences.append(Sentence(parsed.text, markers, False, worst.score if worst else 0.0, why))
+            notes.append(f"dropped unsupported sentence ({why}): {parsed.text!r}")
+    cited = sorted({m for s in sentences if s.supported for m in s.markers})
+    citations = tuple(_citation(m, hits[m - 1], spans.get(m)) for m in cited)
+    return Verified(tuple(sentences), citations, tuple(notes))
+
+
+def _citation(marker: int, hit: Hit, span: tuple[int, int] | None) -> Citation:
+    c = hit.chunk
+    return Citation(
+        marker=marker,
+        chunk_id=c.id,
+        doc_id=c.doc_id,
+        start=c.start,
+        end=c.end,
+        text=c.text,
+        page=c.page,
+        span_start=span[0] if span else None,
+        span_end=span[1] if span else None,
+    )

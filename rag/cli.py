@@ -1,0 +1,239 @@
+"""The ``rag`` console command (also ``python -m rag``).
+
+Subcommands: ingest, search, info, ask, serve, eval. Every ``RagError`` becomes
+one line on stderr and exit code 2; nothing else is caught, so real bugs keep
+their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
+from pathlib import Path
+
+from rag.errors import RagError
+from rag.settings import Settings
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    overrides: dict[str, object] = {}
+    if getattr(args, "index", None) is not None:
+        overrides["index_dir"] = args.index
+    if getattr(args, "corpus", None) is not None:
+        overrides["corpus_dir"] = args.corpus
+    return Settings(**overrides)  # type: ignore[arg-type]
+
+
+def _print_json(obj: object) -> None:
+    print(json.dumps(obj, ensure_ascii=False, indent=2))
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from rag.embedding import load_embedder
+    from rag.ingest import ingest
+
+    settings = _settings(args)
+    corpus = args.path if args.path is not None else settings.corpus_dir
+    embedder = load_embedder(settings)
+    report = ingest(corpus, settings.index_dir, embedder, settings, rebuild=args.rebuild, progress=not args.json)
+    if args.json:
+        _print_json(report.to_dict())
+    else:
+        for warning in report.warnings:
+            print(f"warning: {warning}", file=sys.stderr)
+        print(
+            f"index {report.index_version} in {settings.index_dir}: {report.documents_total} documents, "
+            f"{report.chunks_total} chunks (added {report.added}, updated {report.updated}, "
+            f"removed {report.removed}, unchanged {report.unchanged}; embedded {report.chunks_embedded} chunks "
+            f"in {report.seconds:.1f} s)"
+        )
+    return 0
+
+
+def _hit_dict(hit: object) -> dict[str, object]:
+    from rag.types import Hit
+
+    assert isinstance(hit, Hit)
+    out: dict[str, object] = {
+        "chunk_id": hit.chunk.id,
+        "doc_id": hit.chunk.doc_id,
+        "start": hit.chunk.start,
+        "end": hit.chunk.end,
+        "text": hit.chunk.text,
+        "score": round(hit.score, 6),
+    }
+    if hit.chunk.page is not None:
+        out["page"] = hit.chunk.page
+    return out
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from rag.pipeline import build_pipeline
+
+    settings = _settings(args)
+    pipeline = build_pipeline(settings, with_generator=False)
+    hits = pipeline.search(args.query, k=args.k)
+    if args.json:
+        _print_json({"hits": [_hit_dict(h) for h in hits]})
+    else:
+        for rank, hit in enumerate(hits, 1):
+            snippet = " ".join(hit.chunk.text.split())[:160]
+            print(f"{rank}. [{hit.score:.3f}] {hit.chunk.doc_id} {hit.chunk.start}-{hit.chunk.end}: {snippet}")
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from rag.store import load_index
+
+    settings = _settings(args)
+    index = load_index(settings.index_dir)
+    docs = index.documents()
+    info = {
+        "index_dir": str(settings.index_dir),
+        "index_version": index.version,
+        "documents": len(docs),
+        "chunks": len(index.chunks),
+        "manifest": index.manifest.to_json(),
+    }
+    if args.json:
+        _print_json(info)
+    else:
+        print(f"index {index.version} at {settings.index_dir}: {len(docs)} documents, {len(index.chunks)} chunks")
+        for doc in docs:
+            print(f"  {doc.doc_id}  {doc.chunks} chunks  {doc.chars} chars  sha256 {doc.sha256[:12]}")
+    return 0
+
+
+def cmd_ask(args: argparse.Namespace) -> int:
+    from rag.pipeline import build_pipeline
+    from rag.types import Answer
+
+    settings = _settings(args)
+    pipeline = build_pipeline(settings)
+    answer: Answer | None = None
+    for piece in pipeline.ask_stream(args.question, k=args.k):
+        if isinstance(piece, Answer):
+            answer = piece
+        elif not args.json:
+            print(piece, end="", flush=True)
+    assert answer is not None
+    if args.json:
+        _print_json(answer_to_dict(answer))
+        return 0
+    print()
+    if answer.text and not answer.abstained:
+        print("\nFinal answer (verified):\n" + answer.text)
+    for note in answer.notes:
+        print(f"note: {note}")
+    if answer.citations:
+        print("\nSources:")
+        for c in answer.citations:
+            page = f" p.{c.page}" if c.page is not None else ""
+            snippet = " ".join(c.text.split())[:140]
+            print(f"  [{c.marker}] {c.doc_id}{page} chars {c.start}-{c.end}: {snippet}")
+    return 0
+
+
+def answer_to_dict(answer: object) -> dict[str, object]:
+    from rag.types import Answer
+
+    assert isinstance(answer, Answer)
+    return {
+        "question": answer.question,
+        "standalone_question": answer.standalone_question,
+        "answer": answer.text,
+        "abstained": answer.abstained,
+        "citations": [asdict(c) for c in answer.citations],
+        "sentences": [asdict(s) for s in answer.sentences],
+        "timings": answer.timings,
+        "provenance": answer.provenance,
+        "notes": list(answer.notes),
+    }
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+    from api.app import create_app
+
+    settings = _settings(args)
+    host = args.host or settings.host
+    port = args.port or settings.port
+    print(f"Serving on http://{host}:{port}/  (Ctrl+C to stop)", flush=True)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from rag.evaluation import run_eval_cli
+
+    return run_eval_cli(args, _settings(args))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rag", description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        p.add_argument("--index", type=Path, default=None, help="index folder (default: RAG_INDEX_DIR or ./index)")
+        return p
+
+    p = add("ingest", cmd_ingest, "Build or update the index from a folder of documents.")
+    p.add_argument(
+        "path", nargs="?", type=Path, default=None, help="corpus folder (default: RAG_CORPUS_DIR or ./seeds)"
+    )
+    p.add_argument("--rebuild", action="store_true", help="re-embed everything")
+    p.add_argument("--json", action="store_true", help="print a JSON summary")
+
+    p = add("search", cmd_search, "Hybrid (dense + keyword) search over the index.")
+    p.add_argument("query")
+    p.add_argument("--k", type=int, default=5)
+    p.add_argument("--json", action="store_true")
+
+    p = add("info", cmd_info, "Describe the index.")
+    p.add_argument("--json", action="store_true")
+
+    p = add("ask", cmd_ask, "Answer a question with citations, streamed.")
+    p.add_argument("question")
+    p.add_argument("--k", type=int, default=None, help="passages given to the model")
+    p.add_argument("--json", action="store_true", help="print the full answer object")
+
+    p = add("serve", cmd_serve, "Run the HTTP service and chat page.")
+    p.add_argument("--host", default=None)
+    p.add_argument("--port", type=int, default=None)
+    p.add_argument("--corpus", type=Path, default=None, help="corpus folder for uploads")
+
+    p = add("eval", cmd_eval, "Run the gold Q&A set and check the thresholds.")
+    p.add_argument("--gold", type=Path, default=Path("eval/gold.jsonl"))
+    p.add_argument("--corpus", type=Path, default=None, help="corpus the gold set is about (default: seeds/)")
+    p.add_argument("--thresholds", type=Path, default=Path("eval/thresholds.json"))
+    p.add_argument("--out", type=Path, default=Path("eval"), help="folder for report.json and report.md")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--retrieval-only", action="store_true", help="skip answer generation")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    if getattr(args, "k", None) is not None and not 1 <= args.k <= 50:
+        print("error: --k must be between 1 and 50", file=sys.stderr)
+        return 2
+    try:
+        return int(args.func(args))
+    except RagError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,381 @@
+"""Generation stage: chat messages -> streamed text from a local model.
+
+``Generator`` is the seam; backends: llama.cpp (default, the shipped GGUF) and
+transformers. Deterministic by default: greedy decoding with a fixed seed.
+
+Both backends also score "is the answer Yes?" from the model's next-token logits
+(``yes_probability``), which the reranker and the support check use as a judge.
+Heavy libraries are imported inside the constructors, so importing this module
+stays cheap and tests with fakes never load them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from rag.errors import InputError, ModelError
+from rag.models import ensure_generator_gguf, file_sha256, stamped_sha256
+
+if TYPE_CHECKING:
+    from rag.settings import Settings
+
+Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": "..."}
+
+
+class Generator(Protocol):
+    #: Model id recorded in each answer's provenance (name + short hash).
+    id: str
+
+    def stream(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[str]:
+        """Yield the reply to ``messages`` piece by piece (greedy, deterministic)."""
+        ...
+
+    def count_tokens(self, text: str) -> int: ...
+
+
+class YesNoJudge(Protocol):
+    """A model that can answer a yes/no question with a probability instead of text."""
+
+    def yes_probability(self, messages: Sequence[Message]) -> float:
+        """P("Yes") / (P("Yes") + P("No")) for the assistant's first reply token."""
+        ...
+
+
+# Spellings whose first token counts as a yes / a no. Chat models usually start a reply
+# without a space, but some tokenizers prefer the space-prefixed piece.
+YES_VARIANTS = ("Yes", " Yes", "yes", " yes", "YES")
+NO_VARIANTS = ("No", " No", "no", " no", "NO")
+
+
+def yes_no_token_ids(encode: Callable[[str], list[int]]) -> tuple[list[int], list[int]]:
+    """First token ids of the yes and no spellings, without ids claimed by both sides.
+
+    >>> vocab = {"Yes": 1, " Yes": 2, "yes": 1, "No": 3}
+    >>> yes_no_token_ids(lambda s: [vocab[s]] if s in vocab else [])
+    ([1, 2], [3])
+    """
+    yes = {ids[0] for v in YES_VARIANTS if (ids := encode(v))}
+    no = {ids[0] for v in NO_VARIANTS if (ids := encode(v))}
+    both = yes & no
+    return sorted(yes - both), sorted(no - both)
+
+
+def two_way_softmax(logits: Sequence[float], yes_ids: Sequence[int], no_ids: Sequence[int]) -> float:
+    """Probability of "yes" when the model must pick between the yes ids and the no ids.
+
+    Each side's mass is the log-sum-exp of its logits, so several spellings add up.
+
+    >>> round(two_way_softmax([0.0, 2.0, 0.0], [1], [0, 2]), 4)  # e^2 / (e^2 + 1 + 1)
+    0.787
+    >>> two_way_softmax([5.0, 5.0], [0], [1])
+    0.5
+    """
+    if not yes_ids or not no_ids:
+        raise ModelError("The model's vocabulary has no 'Yes'/'No' token; it cannot be used as a judge.")
+
+    def lse(ids: Sequence[int]) -> float:
+        top = max(float(logits[i]) for i in ids)
+        return top + math.log(sum(math.exp(float(logits[i]) - top) for i in ids))
+
+    # sigmoid(lse_yes - lse_no) == e^lse_yes / (e^lse_yes + e^lse_no), written to avoid overflow
+    diff = lse(no_ids) - lse(yes_ids)
+    if diff > 0:
+        e = math.exp(-diff)
+        return e / (1.0 + e)
+    return 1.0 / (1.0 + math.exp(diff))
+
+
+def plain_chat_prompt(messages: Sequence[Message]) -> str:
+    """Fallback prompt for models without a chat template: one "role: content" line each.
+
+    >>> plain_chat_prompt([{"role": "user", "content": "Hi"}])
+    'user: Hi\\nassistant:'
+    """
+    lines = [f"{m['role']}: {m['content']}" for m in messages]
+    return "\n".join([*lines, "assistant:"])
+
+
+class LlamaCppGenerator:
+    """The shipped GGUF through llama.cpp: greedy, seeded, streamed.
+
+    Not thread-safe by nature (one KV cache): calls are serialized by a lock, and the
+    service's queue keeps them one at a time anyway. llama-cpp-python keeps the KV cache
+    of the previous call and only evaluates the tokens after the longest common prefix,
+    so prompts sharing a system message or passages start faster; nothing here resets it.
+    """
+
+    def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_threads: int = 2, seed: int = 0) -> None:
+        if not model_path.is_file():
+            raise ModelError(f"The generator model {model_path} does not exist. Check RAG_GENERATOR_PATH.")
+        try:
+            import llama_cpp
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+        except ImportError as exc:
+            raise ModelError(
+                "llama-cpp-python is not installed: `pip install llama-cpp-python==0.3.36` "
+                "(it builds from source with cmake and g++ in about 5 minutes)."
+            ) from exc
+        try:
+            self._llm = llama_cpp.Llama(
+                model_path=str(model_path),
+                n_ctx=n_ctx,
+                n_batch=512,
+                n_threads=n_threads,
+                n_threads_batch=n_threads,
+                seed=seed,
+                verbose=False,
+            )
+        except (ValueError, RuntimeError) as exc:
+            raise ModelError(
+                f"llama.cpp could not load {model_path}: {exc}. Is it a GGUF file? "
+                "Delete it from the cache to have it rebuilt, or fix RAG_GENERATOR_PATH."
+            ) from exc
+        self._llama_cpp = llama_cpp
+        self.model_path = model_path
+        self.n_ctx = n_ctx
+        self.seed = seed
+        sha = stamped_sha256(model_path) or file_sha256(model_path)
+        self.id = f"{model_path.name}@{sha[:12]}"
+        self._lock = threading.Lock()
+        #: Tokens in the last prompt and in the last reply (for tokens/s figures).
+        self.last_prompt_tokens = 0
+        self.last_completion_tokens = 0
+
+        # The same formatter llama-cpp-python builds from the GGUF's own chat template; we
+        # render prompts ourselves so that the prompt token count is exact and yes/no
+        # scoring sees exactly the prompt a reply would.
+        template = self._llm.metadata.get("tokenizer.chat_template")
+        if not template:
+            raise ModelError(f"{model_path.name} has no chat template; use an instruct GGUF.")
+
+        def token_text(token_id: int) -> str:
+            return self._llm._model.token_get_text(token_id) if token_id != -1 else ""
+
+        eos_id = self._llm.token_eos()
+        self._formatter = Jinja2ChatFormatter(
+            template=template,
+            eos_token=token_text(eos_id),
+            bos_token=token_text(self._llm.token_bos()),
+            stop_token_ids=[eos_id],
+        )
+        self._yes_ids, self._no_ids = yes_no_token_ids(self._encode)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
+        """The chat template applied to ``messages`` with the assistant turn opened, as token ids."""
+        result = self._formatter(messages=list(messages))  # type: ignore[arg-type]
+        return list(
+            self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        )
+
+    def _check_fits(self, prompt: list[int]) -> None:
+        if len(prompt) >= self.n_ctx:
+            raise InputError(
+                f"The prompt is {len(prompt)} tokens but the model's context is {self.n_ctx}. "
+                "Ask a shorter question, use fewer passages (RAG_TOP_K) or raise RAG_N_CTX."
+            )
+
+    def stream(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[str]:
+        with self._lock:
+            prompt = self.prompt_tokens(messages)
+            self._check_fits(prompt)
+            self.last_prompt_tokens = len(prompt)
+            self.last_completion_tokens = 0
+            counted = 0
+
+            def count(tokens: Any, logits: Any) -> bool:
+                # Called once per sampled token: an exact count, even when several
+                # tokens are emitted as one text piece (e.g. a multi-byte character).
+                nonlocal counted
+                counted += 1
+                self.last_completion_tokens = counted
+                return False
+
+            # temperature 0 + top_k 1 = greedy; the seed only matters if someone changes that.
+            chunks = self._llm.create_completion(
+                prompt,
+                max_tokens=max_tokens,
+                temperature=0.0,
+                top_k=1,
+                repeat_penalty=1.0,
+                seed=self.seed,
+                stop=[self._formatter.eos_token] if self._formatter.eos_token else [],
+                stopping_criteria=self._llama_cpp.StoppingCriteriaList([count]),
+                stream=True,
+            )
+            for chunk in chunks:  # type: ignore[union-attr]
+                text = chunk["choices"][0]["text"]
+                if text:
+                    yield text
+
+    def yes_probability(self, messages: Sequence[Message]) -> float:
+        """P("Yes") against P("No") as the assistant's first token after ``messages``."""
+        with self._lock:
+            tokens = self.prompt_tokens(messages)
+            self._check_fits(tokens)
+            llm = self._llm
+            # Reuse the KV cache for the prefix shared with the previous call (same logic as
+            # Llama.generate); always re-evaluate at least one token so the logits are fresh.
+            shared = 0
+            for a, b in zip(llm.input_ids[: llm.n_tokens], tokens, strict=False):
+                if a != b:
+                    break
+                shared += 1
+            shared = min(shared, len(tokens) - 1)
+            if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+                llm.n_tokens = shared
+            else:
+                llm.reset()
+                shared = 0
+            llm.eval(tokens[shared:])
+            # With logits_all=False the wrapper keeps no logits; the context still holds the
+            # last token's row, which is the only one we need.
+            row = self._llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            ids = (*self._yes_ids, *self._no_ids)
+            logits = [float(row[t]) for t in ids]
+            n_yes = len(self._yes_ids)
+            return two_way_softmax(logits, range(n_yes), range(n_yes, len(ids)))
+
+
+class TransformersGenerator:
+    """A Hugging Face model folder (or a GGUF inside it) through transformers, greedy and streamed.
+
+    Much slower than llama.cpp for the shipped GGUF (see /work/shared/MODELS.md); it exists
+    for models that only come as transformers checkpoints and to test the seam.
+    """
+
+    def __init__(
+        self, model_dir: Path, *, gguf_file: str | None = None, seed: int = 0, n_threads: int = 2
+    ) -> None:
+        if not model_dir.is_dir():
+            raise ModelError(f"The model folder {model_dir} does not exist. Check RAG_GENERATOR_PATH.")
+        try:
+            import torch
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+        except ImportError as exc:
+            raise ModelError("transformers and torch are needed for the transformers backend.") from exc
+        torch.set_num_threads(n_threads)  # process-wide: the same cap the other models use
+        extra: dict[str, Any] = {"gguf_file": gguf_file} if gguf_file else {}
+        try:
+            self._tokenizer = AutoTokenizer.from_pretrained(str(model_dir), local_files_only=True, **extra)
+            self._model = AutoModelForCausalLM.from_pretrained(
+                str(model_dir), local_files_only=True, dtype=torch.float32, **extra
+            )
+        except (OSError, ValueError) as exc:
+            raise ModelError(f"transformers could not load {model_dir}: {exc}") from exc
+        self._model.eval()
+        self._torch = torch
+        self.seed = seed
+        self.id = model_dir.name + (f"/{gguf_file}" if gguf_file else "")
+        self._lock = threading.Lock()
+        self.last_prompt_tokens = 0
+        self.last_completion_tokens = 0
+        self._yes_ids, self._no_ids = yes_no_token_ids(self._encode)
+
+    def _encode(self, text: str) -> list[int]:
+        return list(self._tokenizer.encode(text, add_special_tokens=False))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self._encode(text))
+
+    def format_prompt(self, messages: Sequence[Message]) -> str:
+        """The tokenizer's chat template with the assistant turn opened, or ``plain_chat_prompt``."""
+        if getattr(self._tokenizer, "chat_template", None):
+            text = self._tokenizer.apply_chat_template(
+                list(messages), tokenize=False, add_generation_prompt=True
+            )
+            return str(text)
+        return plain_chat_prompt(messages)
+
+    def _inputs(self, messages: Sequence[Message]) -> Any:
+        # The template already holds any special tokens the model expects.
+        return self._tokenizer(self.format_prompt(messages), return_tensors="pt", add_special_tokens=False)
+
+    def stream(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[str]:
+        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
+
+        torch = self._torch
+        with self._lock:
+            inputs = self._inputs(messages)
+            prompt_len = int(inputs["input_ids"].shape[1])
+            self.last_prompt_tokens = prompt_len
+            streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True)
+            abandoned = threading.Event()
+            failure: list[BaseException] = []
+
+            class _StopWhenAbandoned(StoppingCriteria):
+                # Lets generate() end early when the consumer stops reading (e.g. a client left).
+                def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
+                    return abandoned.is_set()
+
+            pad_id = self._tokenizer.pad_token_id
+            if pad_id is None:
+                pad_id = self._tokenizer.eos_token_id
+
+            def run() -> None:
+                try:
+                    torch.manual_seed(self.seed)
+                    with torch.inference_mode():
+                        out = self._model.generate(
+                            **inputs,
+                            max_new_tokens=max_tokens,
+                            do_sample=False,
+                            streamer=streamer,
+                            pad_token_id=pad_id,
+                            stopping_criteria=StoppingCriteriaList([_StopWhenAbandoned()]),
+                        )
+                    self.last_completion_tokens = int(out.shape[1]) - prompt_len
+                except BaseException as exc:
+                    failure.append(exc)
+                    streamer.end()  # otherwise the consumer would wait forever
+
+            worker = threading.Thread(target=run, name="transformers-generate", daemon=True)
+            worker.start()
+            try:
+                for text in streamer:
+                    if text:
+                        yield text
+            finally:
+                abandoned.set()
+                worker.join()
+            if failure:
+                raise ModelError(f"Generation failed: {failure[0]}") from failure[0]
+
+    def yes_probability(self, messages: Sequence[Message]) -> float:
+        """P("Yes") against P("No") as the assistant's first token after ``messages``."""
+        torch = self._torch
+        with self._lock, torch.inference_mode():
+            logits = self._model(**self._inputs(messages)).logits[0, -1].tolist()
+        return two_way_softmax(logits, self._yes_ids, self._no_ids)
+
+
+def load_generator(settings: Settings) -> Generator:
+    """Build the generator the settings ask for (loads the model: call once, then inject it)."""
+    path = settings.generator_path
+    if settings.generator == "transformers":
+        if path is None:
+            raise InputError(
+                "The transformers backend needs RAG_GENERATOR_PATH: a local Hugging Face model folder "
+                "or a .gguf file inside one."
+            )
+        if not path.exists():
+            raise InputError(f"RAG_GENERATOR_PATH={path} does not exist.")
+        if path.is_file() and path.suffix == ".gguf":
+            return TransformersGenerator(path.parent, gguf_file=path.name, seed=settings.seed, n_threads=settings.n_threads)
+        return TransformersGenerator(path, seed=settings.seed, n_threads=settings.n_threads)
+    if path is not None and not path.is_file():
+        raise InputError(f"RAG_GENERATOR_PATH={path} is not a GGUF file.")
+    model_path = path if path is not None else ensure_generator_gguf(settings.cache_dir)
+    return LlamaCppGenerator(
+        model_path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, seed=settings.seed
+    )
+

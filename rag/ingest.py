@@ -1,0 +1,284 @@
+"""Ingest stage: corpus folder -> index on disk, incrementally.
+
+Documents are matched by id (path in the corpus) and content hash: unchanged
+documents keep their chunks and vectors, new and changed ones are chunked and
+embedded in one batch, deleted ones disappear. Every write goes through
+``store.save_index`` (a new version, switched atomically) under the writer
+lock, so the CLI and HTTP uploads can run side by side.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.chunking import chunk_document
+from rag.embedding import Embedder
+from rag.errors import IndexFormatError, InputError
+from rag.loaders import load_corpus
+from rag.settings import Settings
+from rag.store import (
+    REBUILD_HINT,
+    DocEntry,
+    Index,
+    Manifest,
+    current_version,
+    load_index,
+    read_manifest,
+    resolve_index_type,
+    save_index,
+    writer_lock,
+)
+from rag.types import Chunk, Document
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IngestReport:
+    """What an ingest did; document counts compare the corpus with the previous index."""
+
+    added: int
+    updated: int
+    removed: int
+    unchanged: int
+    chunks_embedded: int
+    chunks_total: int
+    documents_total: int
+    index_version: str
+    seconds: float
+    warnings: tuple[str, ...] = ()
+    #: Why every document was re-embedded (``--rebuild``, another embedder, new chunk sizes); None if incremental.
+    rebuild_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["warnings"] = list(self.warnings)
+        return data
+
+
+def chunk_params(settings: Settings, embedder: Embedder) -> tuple[int, int]:
+    """Effective (chunk_tokens, overlap_tokens): chunks never exceed what the embedder reads."""
+    chunk_tokens = min(settings.chunk_tokens, embedder.max_tokens)
+    if chunk_tokens < settings.chunk_tokens:
+        log.warning(
+            "chunk_tokens %d exceeds what %s reads (%d tokens); using %d",
+            settings.chunk_tokens,
+            embedder.id,
+            embedder.max_tokens,
+            chunk_tokens,
+        )
+    if settings.chunk_overlap >= chunk_tokens:
+        raise InputError(
+            f"Chunk overlap ({settings.chunk_overlap} tokens) must be smaller than the chunk size "
+            f"({chunk_tokens} tokens): lower RAG_CHUNK_OVERLAP or raise RAG_CHUNK_TOKENS."
+        )
+    return chunk_tokens, settings.chunk_overlap
+
+
+def ingest(
+    corpus: Path,
+    index_dir: Path,
+    embedder: Embedder,
+    settings: Settings,
+    *,
+    rebuild: bool = False,
+    progress: bool = True,
+) -> IngestReport:
+    """Bring the index in ``index_dir`` up to date with the documents in ``corpus``.
+
+    Raises ``InputError`` (nothing written) for a missing or empty corpus and
+    ``IndexFormatError`` for an unreadable existing index unless ``rebuild``.
+    """
+    started = time.perf_counter()
+    # Read and validate everything before touching the index folder.
+    docs, warnings = load_corpus(corpus)
+    chunk_tokens, overlap = chunk_params(settings, embedder)
+
+    with writer_lock(index_dir):
+        previous: Index | None = None
+        old_docs: Mapping[str, DocEntry] = {}
+        reason: str | None = None
+        if rebuild:
+            reason = "rebuild requested"
+            # Only for the added/updated counts; an unreadable old index is simply replaced.
+            with contextlib.suppress(IndexFormatError):
+                old_docs = read_manifest(index_dir).documents
+        elif current_version(index_dir) is not None:
+            loaded = load_index(index_dir)  # IndexFormatError says to run `rag ingest --rebuild`
+            old_docs = loaded.manifest.documents
+            reason = incompatibility(loaded.manifest, embedder, chunk_tokens, overlap)
+            if reason is None:
+                previous = loaded
+        if reason:
+            log.warning("re-embedding every document: %s", reason)
+
+        corpus_ids = {d.id for d in docs}
+        added = sum(1 for d in docs if d.id not in old_docs)
+        updated = sum(1 for d in docs if d.id in old_docs and old_docs[d.id].sha256 != d.sha256)
+        unchanged = len(docs) - added - updated
+        removed = sum(1 for doc_id in old_docs if doc_id not in corpus_ids)
+
+        reusable = previous.manifest.documents if previous is not None else {}
+        reuse = [d.id for d in docs if d.id in reusable and reusable[d.id].sha256 == d.sha256]
+        reuse_set = set(reuse)
+        fresh = [d for d in docs if d.id not in reuse_set]
+
+        def report(index_version: str, embedded: int, chunks_total: int) -> IngestReport:
+            return IngestReport(
+                added=added,
+                updated=updated,
+                removed=removed,
+                unchanged=unchanged,
+                chunks_embedded=embedded,
+                chunks_total=chunks_total,
+                documents_total=len(docs),
+                index_version=index_version,
+                seconds=round(time.perf_counter() - started, 3),
+                warnings=tuple(warnings),
+                rebuild_reason=reason,
+            )
+
+        if previous is not None and not fresh and removed == 0:
+            kept = len(previous.chunks)
+            if resolve_index_type(settings.index_type, kept, settings.hnsw_threshold) == previous.manifest.index_type:
+                log.info("index %s is up to date", previous.version)
+                return report(previous.version, 0, kept)
+
+        manifest, chunks, vectors, embedded = compose(
+            previous, reuse, fresh, embedder, chunk_tokens, overlap, settings, progress=progress
+        )
+        index = save_index(index_dir, manifest, chunks, vectors)
+        return report(index.version, embedded, len(chunks))
+
+
+def add_or_update(index_dir: Path, doc: Document, embedder: Embedder, settings: Settings) -> Index:
+    """Index one document (new or changed) next to the others; atomic, returns the new live index.
+
+    Creates the index if there is none. An unchanged document returns the current index untouched.
+    """
+    chunk_tokens, overlap = chunk_params(settings, embedder)
+    with writer_lock(index_dir):
+        previous: Index | None = None
+        if current_version(index_dir) is not None:
+            previous = load_index(index_dir)
+            reason = incompatibility(previous.manifest, embedder, chunk_tokens, overlap)
+            if reason:
+                raise IndexFormatError(f"Cannot add {doc.id} to the index in {index_dir}: {reason}; {REBUILD_HINT}.")
+            entry = previous.manifest.documents.get(doc.id)
+            if entry is not None and entry.sha256 == doc.sha256:
+                return previous
+        reuse = [d for d in (previous.manifest.documents if previous else {}) if d != doc.id]
+        manifest, chunks, vectors, _ = compose(
+            previous, reuse, [doc], embedder, chunk_tokens, overlap, settings, progress=False
+        )
+        return save_index(index_dir, manifest, chunks, vectors)
+
+
+def remove(index_dir: Path, doc_id: str, settings: Settings, *, embedder_id: str | None = None) -> Index:
+    """Drop one document's chunks from the index; atomic, returns the new live index."""
+    with writer_lock(index_dir):
+        previous = load_index(index_dir, embedder_id)
+        if doc_id not in previous.manifest.documents:
+            raise InputError(f"No document named {doc_id!r} in the index.")
+        reuse = [d for d in previous.manifest.documents if d != doc_id]
+        m = previous.manifest
+        manifest, chunks, vectors, _ = compose(
+            previous, reuse, [], None, m.chunk_tokens, m.overlap_tokens, settings, progress=False
+        )
+        return save_index(index_dir, manifest, chunks, vectors)
+
+
+def incompatibility(manifest: Manifest, embedder: Embedder, chunk_tokens: int, overlap: int) -> str | None:
+    """Why an index's vectors cannot be reused with this embedder and chunking, or None if they can."""
+    if manifest.embedder_id != embedder.id or manifest.embedder_dim != embedder.dim:
+        return (
+            f"it was built with embedder {manifest.embedder_id!r} ({manifest.embedder_dim} dims), "
+            f"now {embedder.id!r} ({embedder.dim} dims)"
+        )
+    if (manifest.chunk_tokens, manifest.overlap_tokens) != (chunk_tokens, overlap):
+        return (
+            f"chunking changed from {manifest.chunk_tokens}/{manifest.overlap_tokens} "
+            f"to {chunk_tokens}/{overlap} tokens (size/overlap)"
+        )
+    return None
+
+
+def compose(
+    previous: Index | None,
+    reuse: Sequence[str],
+    fresh: Sequence[Document],
+    embedder: Embedder | None,
+    chunk_tokens: int,
+    overlap: int,
+    settings: Settings,
+    *,
+    progress: bool,
+) -> tuple[Manifest, list[Chunk], np.ndarray, int]:
+    """Manifest, chunks and vectors for ``reuse`` (taken from ``previous``) plus ``fresh`` (embedded now).
+
+    Returns the number of chunks embedded as the last element.
+    """
+    if previous is None and reuse:
+        raise ValueError("cannot reuse documents without a previous index")
+    if embedder is not None:
+        embedder_id, dim = embedder.id, embedder.dim
+    elif previous is not None and not fresh:
+        embedder_id, dim = previous.manifest.embedder_id, previous.manifest.embedder_dim
+    else:
+        raise ValueError("an embedder is needed for new documents")
+
+    new_chunks: dict[str, list[Chunk]] = {}
+    new_vectors = np.zeros((0, dim), dtype=np.float32)
+    if embedder is not None and fresh:
+        new_chunks = {d.id: chunk_document(d, embedder.count_tokens, chunk_tokens, overlap) for d in fresh}
+        texts = [c.text for d in fresh for c in new_chunks[d.id]]
+        # One call for all new passages: the embedder batches (and sorts by length) internally.
+        new_vectors = np.asarray(embedder.embed(texts, progress=progress), dtype=np.float32)
+        if new_vectors.shape != (len(texts), dim):
+            raise ValueError(f"embedder returned {new_vectors.shape}, expected {(len(texts), dim)}")
+
+    # Gather per-document blocks, then lay them out sorted by document id.
+    blocks: dict[str, tuple[DocEntry, list[Chunk], np.ndarray]] = {}
+    if previous is not None:
+        for doc_id in reuse:
+            entry = previous.manifest.documents[doc_id]
+            # A document's chunks are contiguous rows (the layout below), so one slice takes them.
+            first = previous.row(entry.chunk_ids[0]) if entry.chunk_ids else 0
+            rows = slice(first, first + len(entry.chunk_ids))
+            blocks[doc_id] = (entry, previous.chunks[rows], previous.vectors[rows])
+    offset = 0
+    for doc in fresh:
+        doc_chunks = new_chunks[doc.id]
+        entry = DocEntry(
+            sha256=doc.sha256,
+            chunk_ids=tuple(c.id for c in doc_chunks),
+            chars=len(doc.text),
+            page_count=len(doc.page_starts) or None,
+        )
+        blocks[doc.id] = (entry, doc_chunks, new_vectors[offset : offset + len(doc_chunks)])
+        offset += len(doc_chunks)
+
+    order = sorted(blocks)
+    chunks = [c for doc_id in order for c in blocks[doc_id][1]]
+    vectors = (
+        np.concatenate([blocks[doc_id][2] for doc_id in order]).astype(np.float32, copy=False)
+        if order
+        else np.zeros((0, dim), dtype=np.float32)
+    )
+    manifest = Manifest(
+        embedder_id=embedder_id,
+        embedder_dim=dim,
+        chunk_tokens=chunk_tokens,
+        overlap_tokens=overlap,
+        index_type=resolve_index_type(settings.index_type, len(chunks), settings.hnsw_threshold),
+        documents={doc_id: blocks[doc_id][0] for doc_id in order},
+    )
+    return manifest, chunks, vectors, len(new_vectors)

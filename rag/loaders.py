@@ -1,0 +1,262 @@
+"""Loading stage: files on disk (or uploaded bytes) -> ``Document``.
+
+Supported: ``.txt`` and ``.md`` (plain UTF-8 text), ``.html``/``.htm`` (visible
+text only) and ``.pdf`` (text layer, one page after another). A file that
+cannot be read becomes a warning naming the file and the reason; one bad file
+never stops an ingest of a thousand good ones.
+
+Texts are normalized once here (``\\r\\n`` -> ``\\n``), and every later offset
+(chunks, citations) refers to ``Document.text`` as produced here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+from pathlib import Path, PurePosixPath
+
+from rag.errors import InputError
+from rag.types import Document
+
+log = logging.getLogger(__name__)
+
+TEXT_SUFFIXES = frozenset({".txt", ".md"})
+HTML_SUFFIXES = frozenset({".html", ".htm"})
+PDF_SUFFIXES = frozenset({".pdf"})
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES
+SUPPORTED_HUMAN = ".txt, .md, .html or .pdf"
+
+# Tags whose content a browser never shows as text.
+_INVISIBLE_TAGS = ("script", "style", "noscript", "template", "head")
+# Block elements start on a new paragraph; these only on a new line.
+_LINE_TAGS = frozenset({"li", "tr", "dt", "dd", "caption", "figcaption", "option", "summary"})
+_PARAGRAPH_TAGS = frozenset(
+    {
+        "address", "article", "aside", "blockquote", "details", "dialog", "div", "dl",
+        "fieldset", "figure", "footer", "form", "h1", "h2", "h3", "h4", "h5", "h6",
+        "header", "hr", "main", "nav", "ol", "p", "pre", "section", "table", "title", "ul",
+    }
+)  # fmt: skip
+_CELL_TAGS = frozenset({"td", "th"})
+_SPACES = re.compile(r"[ \t\f\v\r\n\u00a0]+")
+_LINE_EDGES = re.compile(r"[ \t]*\n[ \t]*")
+_MANY_NEWLINES = re.compile(r"\n{3,}")
+
+
+def load_corpus(root: Path) -> tuple[list[Document], list[str]]:
+    """Every supported document under ``root`` (a folder or a single file), sorted by id.
+
+    Returns the documents and human-readable warnings about files that were
+    skipped. Raises ``InputError`` when ``root`` is missing or yields no document.
+    """
+    root = Path(root)
+    if not root.exists():
+        raise InputError(
+            f"Corpus folder does not exist: {root}. "
+            f"Point --corpus/RAG_CORPUS_DIR at a folder of {SUPPORTED_HUMAN} files"
+        )
+    if root.is_file():
+        base, files = root.parent, [root]
+    else:
+        base, files = root, _walk_visible(root)
+
+    warnings: list[str] = []
+    unsupported = [f for f in files if f.suffix.lower() not in SUPPORTED_SUFFIXES]
+    if unsupported:
+        names = [_doc_id(f, base) for f in unsupported]
+        kinds = sorted({f.suffix.lower() or "(no extension)" for f in unsupported})
+        more = f", ... and {len(names) - 5} more" if len(names) > 5 else ""
+        warnings.append(
+            f"Skipped {len(names)} file(s) of unsupported type ({', '.join(kinds)}): "
+            f"{', '.join(names[:5])}{more}. Supported: {SUPPORTED_HUMAN}."
+        )
+
+    candidates = [f for f in files if f.suffix.lower() in SUPPORTED_SUFFIXES]
+    documents: list[Document] = []
+    for path in candidates:
+        try:
+            documents.append(load_file(path, base))
+        except InputError as exc:
+            warnings.append(str(exc))
+    for warning in warnings:
+        log.warning("%s", warning)
+
+    if not documents:
+        if not candidates:
+            raise InputError(
+                f"No documents to index in {root}: found no {SUPPORTED_HUMAN} files "
+                "(hidden files are ignored). Add some, or point --corpus/RAG_CORPUS_DIR elsewhere."
+            )
+        raise InputError(
+            f"None of the {len(candidates)} supported file(s) in {root} could be read: " + " ".join(warnings)
+        )
+    documents.sort(key=lambda d: d.id)
+    return documents, warnings
+
+
+def load_file(path: Path, root: Path) -> Document:
+    """Read one file; its id is its path relative to ``root`` in posix form.
+
+    Raises ``InputError`` (message names the file) when it is unsupported,
+    not text, unparseable or empty.
+    """
+    doc_id = _doc_id(path, root)
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"Skipped {doc_id}: cannot read it ({exc.strerror or exc}).") from exc
+    return _parse(doc_id, str(path.resolve()), data)
+
+
+def load_bytes(doc_id: str, data: bytes) -> Document:
+    """Parse uploaded bytes as the document ``doc_id`` (its suffix picks the format).
+
+    >>> load_bytes("notes/a.md", b"# Title\\r\\nBody").text
+    '# Title\\nBody'
+    """
+    safe = safe_doc_id(doc_id)
+    return _parse(safe, safe, data)
+
+
+def safe_doc_id(name: str) -> str:
+    """Check that an untrusted name is a usable relative document id and return it in posix form.
+
+    >>> safe_doc_id("reports\\\\2024.pdf")
+    'reports/2024.pdf'
+    """
+    candidate = name.replace("\\", "/").strip()
+    parts = PurePosixPath(candidate).parts
+    if (
+        not candidate
+        or candidate.startswith("/")
+        or not parts
+        or any(p in ("", ".", "..") or p.startswith(".") for p in parts)
+        or "\x00" in candidate
+    ):
+        raise InputError(
+            f"Invalid document name {name!r}: use a plain relative file name such as 'report.pdf' "
+            "(no '..', no hidden or absolute paths)."
+        )
+    if PurePosixPath(candidate).suffix.lower() not in SUPPORTED_SUFFIXES:
+        raise InputError(f"Unsupported file type for {name!r}: upload a {SUPPORTED_HUMAN} file.")
+    return "/".join(parts)
+
+
+def _walk_visible(root: Path) -> list[Path]:
+    """All regular files under ``root``, skipping anything whose name starts with '.'."""
+    found: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        # Pruning in place stops os.walk from descending into hidden folders.
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        for name in filenames:
+            if not name.startswith("."):
+                path = Path(dirpath) / name
+                if path.is_file():
+                    found.append(path)
+    return sorted(found, key=lambda p: _doc_id(p, root))
+
+
+def _doc_id(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _parse(doc_id: str, path: str, data: bytes) -> Document:
+    suffix = PurePosixPath(doc_id).suffix.lower()
+    sha = hashlib.sha256(data).hexdigest()
+    page_starts: tuple[int, ...] = ()
+    if suffix in TEXT_SUFFIXES:
+        text = _normalize_newlines(_decode(doc_id, data))
+    elif suffix in HTML_SUFFIXES:
+        text = html_to_text(_decode(doc_id, data))
+    elif suffix in PDF_SUFFIXES:
+        text, page_starts = _pdf_text(doc_id, data)
+    else:
+        raise InputError(f"Skipped {doc_id}: unsupported file type; use {SUPPORTED_HUMAN}.")
+    if not text.strip():
+        hint = " (a scanned PDF needs OCR first)" if suffix in PDF_SUFFIXES else ""
+        raise InputError(f"Skipped {doc_id}: it contains no text{hint}.")
+    return Document(id=doc_id, path=path, text=text, sha256=sha, page_starts=page_starts)
+
+
+def _decode(doc_id: str, data: bytes) -> str:
+    """Strict UTF-8 (a BOM is dropped); NUL bytes mean a binary file with a text name."""
+    if b"\x00" in data:
+        raise InputError(f"Skipped {doc_id}: it is not a text file (contains NUL bytes).")
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            f"Skipped {doc_id}: it is not valid UTF-8 text (bad byte at offset {exc.start}); re-save it as UTF-8."
+        ) from exc
+
+
+def _normalize_newlines(text: str) -> str:
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def html_to_text(markup: str) -> str:
+    """Visible text of an HTML page, one block per paragraph.
+
+    >>> html_to_text("<h1>Hi</h1><p>a <b>bold</b>\\n word<script>x()</script></p><ul><li>1</li><li>2</li></ul>")
+    'Hi\\n\\na bold word\\n\\n1\\n2'
+    """
+    from bs4 import BeautifulSoup
+    from bs4.element import Comment, Declaration, Doctype, NavigableString, ProcessingInstruction
+
+    soup = BeautifulSoup(markup, "html.parser")
+    title = soup.title.get_text(" ", strip=True) if soup.title else ""
+    for tag in soup.find_all(_INVISIBLE_TAGS):
+        tag.decompose()
+    for node in soup.find_all(string=True):
+        if isinstance(node, (Comment, Declaration, Doctype, ProcessingInstruction)):
+            node.extract()
+        elif node.find_parent("pre") is None:
+            # Source line breaks are plain spaces to a browser; only <pre> keeps them.
+            node.replace_with(NavigableString(_SPACES.sub(" ", str(node))))
+    for tag in soup.find_all(True):
+        if tag.name == "br":
+            tag.replace_with(NavigableString("\n"))
+        elif tag.name in _PARAGRAPH_TAGS:
+            tag.insert_before(NavigableString("\n\n"))
+            tag.insert_after(NavigableString("\n\n"))
+        elif tag.name in _LINE_TAGS:
+            # A break before each item is enough: the enclosing list/table ends the block.
+            tag.insert_before(NavigableString("\n"))
+        elif tag.name in _CELL_TAGS:
+            tag.insert_after(NavigableString(" "))
+    body = soup.get_text()
+    body = re.sub(r"[ \t]+", " ", _normalize_newlines(body))
+    body = _MANY_NEWLINES.sub("\n\n", _LINE_EDGES.sub("\n", body)).strip()
+    if title and not body.startswith(title):
+        body = f"{title}\n\n{body}" if body else title
+    return body
+
+
+def _pdf_text(doc_id: str, data: bytes) -> tuple[str, tuple[int, ...]]:
+    """Pages joined by a blank line; ``page_starts[n]`` is where page n+1 begins."""
+    from pypdf import PdfReader
+
+    try:
+        reader = PdfReader(io.BytesIO(data))
+        if reader.is_encrypted and not reader.decrypt(""):
+            raise InputError(f"Skipped {doc_id}: the PDF is password-protected.")
+        pages = [page.extract_text() or "" for page in reader.pages]
+    except InputError:
+        raise
+    except Exception as exc:  # pypdf raises many types on damaged files; all mean "unreadable"
+        raise InputError(f"Skipped {doc_id}: it is not a readable PDF ({type(exc).__name__}: {exc}).") from exc
+    parts: list[str] = []
+    starts: list[int] = []
+    offset = 0
+    for raw in pages:
+        page_text = _normalize_newlines(raw.replace("\x00", "")).strip()
+        starts.append(offset)
+        parts.append(page_text)
+        offset += len(page_text) + 2  # the "\n\n" joiner
+    return "\n\n".join(parts), tuple(starts)

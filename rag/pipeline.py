@@ -1,0 +1,271 @@
+"""The question-answering pipeline shared by the CLI, the HTTP service and the eval runner.
+
+Built once with its heavy parts injected (embedder, generator, index); every
+caller goes through these methods, so the eval measures exactly what users get.
+
+    question -> (rewrite follow-up) -> retrieve (dense + BM25, fused) -> refusal gate
+             -> generate (streamed) -> verify each sentence against its passages -> Answer
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+from rag.citations import verify
+from rag.embedding import Embedder
+from rag.errors import InputError, RagError
+from rag.generation import Generator
+from rag.prompting import NOT_FOUND, answer_messages, rewrite_messages
+from rag.retrieval import Retrieved, Retriever
+from rag.settings import Settings
+from rag.types import Answer, DocInfo, Hit, Turn
+
+log = logging.getLogger(__name__)
+
+REFUSAL = "The documents do not say."
+
+
+class Pipeline:
+    def __init__(self, settings: Settings, embedder: Embedder, generator: Generator | None = None) -> None:
+        from rag.store import load_index
+
+        self.settings = settings
+        self.embedder = embedder
+        self.generator = generator
+        self._lock = threading.Lock()  # serializes index swaps (uploads, deletes)
+        self._retriever = Retriever(
+            load_index(settings.index_dir, embedder.id),
+            embedder,
+            candidates=settings.candidates,
+            rrf_k=settings.rrf_k,
+        )
+
+    # ------------------------------------------------------------------ retrieval
+
+    def _k(self, k: int | None) -> int:
+        return k if k is not None else self.settings.top_k
+
+    def search(self, query: str, k: int | None = None) -> list[Hit]:
+        """Hybrid search without rewriting or generation."""
+        _check_text(query, "query")
+        return self._retriever.retrieve(query, self._k(k)).hits
+
+    def standalone_question(self, question: str, history: Sequence[Turn]) -> str:
+        """Rewrite a follow-up into a question that stands alone (needs the generator)."""
+        if not history or self.generator is None:
+            return question
+        raw = "".join(self.generator.stream(rewrite_messages(question, history), max_tokens=60))
+        rewritten = " ".join(raw.strip().strip('"').split())
+        # A rewrite that came back empty or rambling is worse than the original question.
+        return rewritten if 0 < len(rewritten) <= 400 else question
+
+    def retrieve(self, question: str, history: Sequence[Turn] = (), k: int | None = None) -> list[Hit]:
+        """Passages the generator would see for this question."""
+        _check_text(question, "question")
+        return self._retriever.retrieve(self.standalone_question(question, history), self._k(k)).hits
+
+    # ------------------------------------------------------------------ answering
+
+    def ask(self, question: str, history: Sequence[Turn] = (), k: int | None = None) -> Answer:
+        answer = None
+        for piece in self.ask_stream(question, history, k):
+            if isinstance(piece, Answer):
+                answer = piece
+        assert answer is not None
+        return answer
+
+    def ask_stream(self, question: str, history: Sequence[Turn] = (), k: int | None = None) -> Iterator[str | Answer]:
+        """Yield answer text pieces as generated, then exactly one final ``Answer``."""
+        _check_text(question, "question")
+        if self.generator is None:
+            raise RagError("this pipeline was built without a generator; use search instead")
+        s = self.settings
+        t0 = time.perf_counter()
+        timings: dict[str, float] = {}
+        standalone = self.standalone_question(question, history)
+        timings["rewrite_s"] = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        retrieved = self._retriever.retrieve(standalone, self._k(k))
+        timings["retrieve_s"] = time.perf_counter() - t1
+        messages = answer_messages(standalone, retrieved.hits)
+        provenance = self._provenance(messages, self._k(k))
+
+        def finish(answer_text: str, abstained: bool, raw: str, reason: str) -> Answer:
+            timings["total_s"] = time.perf_counter() - t0
+            result = Answer(
+                question=question,
+                text=answer_text,
+                abstained=abstained,
+                citations=(),
+                sentences=(),
+                standalone_question=standalone,
+                timings={k: round(v, 4) for k, v in timings.items()},
+                provenance=provenance,
+                notes=(reason,) if reason else (),
+            )
+            log.info("answer abstained=%s reason=%s raw=%r", abstained, reason, raw)
+            return result
+
+        if self._below_gate(retrieved):
+            yield REFUSAL
+            yield finish(REFUSAL, True, "", "no passage is close enough to the question")
+            return
+
+        t2 = time.perf_counter()
+        raw = ""
+        held = ""  # text held back while it could still be the NOT FOUND reply
+        for piece in self.generator.stream(messages, max_tokens=s.max_new_tokens):
+            if not raw:
+                timings["first_token_s"] = time.perf_counter() - t0
+            raw += piece
+            if held is not None:
+                held += piece
+                if NOT_FOUND.startswith(held.strip()) or held.strip().startswith(NOT_FOUND):
+                    continue
+                piece, held = held, None  # type: ignore[assignment]
+            yield piece
+        timings["generate_s"] = time.perf_counter() - t2
+
+        if raw.strip().upper().startswith(NOT_FOUND) or not raw.strip():
+            yield REFUSAL
+            yield finish(REFUSAL, True, raw, "the model found no answer in the passages")
+            return
+
+        t3 = time.perf_counter()
+        checked = verify(raw, standalone, retrieved.hits, min_overlap=s.min_support)
+        timings["verify_s"] = time.perf_counter() - t3
+        timings["total_s"] = time.perf_counter() - t0
+        if not checked.citations:
+            answer = finish(REFUSAL, True, raw, "no sentence of the draft answer is supported by the passages")
+            yield Answer(
+                **{**answer.__dict__, "sentences": checked.sentences, "notes": (*answer.notes, *checked.notes)}
+            )
+            return
+        yield Answer(
+            question=question,
+            text=checked.supported_text,
+            abstained=False,
+            citations=checked.citations,
+            sentences=checked.sentences,
+            standalone_question=standalone,
+            timings={k: round(v, 4) for k, v in timings.items()},
+            provenance=provenance,
+            notes=checked.notes,
+        )
+
+    def _below_gate(self, retrieved: Retrieved) -> bool:
+        # Both signals must be weak: a name-only question can have low cosine but a strong BM25 hit.
+        s = self.settings
+        return retrieved.top_dense < s.min_dense_score and retrieved.top_keyword < s.min_keyword_score
+
+    def _provenance(self, messages: Sequence[dict[str, str]], k: int) -> dict[str, str]:
+        index = self._retriever.index
+        prompt_hash = hashlib.sha256(json.dumps(list(messages), sort_keys=True).encode()).hexdigest()
+        return {
+            "index_version": index.version,
+            "embedder": self.embedder.id,
+            "generator": self.generator.id if self.generator else "",
+            "k": str(k),
+            "candidates": str(self.settings.candidates),
+            "prompt_sha256": prompt_hash,
+        }
+
+    # ------------------------------------------------------------------ documents
+
+    def documents(self) -> list[DocInfo]:
+        return self._retriever.index.documents()
+
+    def add_document(self, filename: str, data: bytes) -> DocInfo:
+        """Save into the corpus folder and index incrementally; searchable on return."""
+        from rag.ingest import add_or_update
+        from rag.loaders import load_bytes
+
+        doc = load_bytes(filename, data)  # validates type and content before anything is written
+        corpus = self.settings.corpus_dir
+        target = _safe_path(corpus, filename)
+        with self._lock:
+            _atomic_write(target, data)
+            index = add_or_update(self.settings.index_dir, doc, self.embedder, self.settings)
+            self._swap(index)
+        return next(d for d in index.documents() if d.doc_id == doc.id)
+
+    def delete_document(self, doc_id: str) -> None:
+        from rag.ingest import remove
+
+        if doc_id not in {d.doc_id for d in self.documents()}:
+            raise InputError(f"no document with id {doc_id!r}")
+        with self._lock:
+            index = remove(self.settings.index_dir, doc_id, self.settings, embedder_id=self.embedder.id)
+            self._swap(index)
+            path = _safe_path(self.settings.corpus_dir, doc_id)
+            path.unlink(missing_ok=True)
+
+    def _swap(self, index: object) -> None:
+        from rag.store import Index
+
+        assert isinstance(index, Index)
+        self._retriever = Retriever(
+            index, self.embedder, candidates=self.settings.candidates, rrf_k=self.settings.rrf_k
+        )
+
+    def info(self) -> dict[str, object]:
+        index = self._retriever.index
+        docs = index.documents()
+        return {
+            "index_version": index.version,
+            "documents": len(docs),
+            "chunks": len(index.chunks),
+            "embedder": self.embedder.id,
+            "generator": self.generator.id if self.generator else None,
+            "top_k": self.settings.top_k,
+        }
+
+
+def _check_text(text: str, what: str) -> None:
+    if not text or not text.strip():
+        raise InputError(f"the {what} is empty")
+
+
+def _safe_path(root: Path, name: str) -> Path:
+    """Resolve ``name`` inside ``root``; refuse anything that escapes it."""
+    target = (root / name).resolve()
+    if not target.is_relative_to(root.resolve()):
+        raise InputError(f"file name {name!r} points outside the corpus folder")
+    return target
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    import os
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def build_pipeline(
+    settings: Settings,
+    *,
+    with_generator: bool = True,
+    embedder: Embedder | None = None,
+    generator: Generator | None = None,
+) -> Pipeline:
+    """Load the models once and assemble the pipeline."""
+    from rag.embedding import load_embedder
+
+    if embedder is None:
+        embedder = load_embedder(settings)
+    if generator is None and with_generator:
+        from rag.generation import load_generator
+
+        generator = load_generator(settings)
+    return Pipeline(settings, embedder, generator)

@@ -1,0 +1,70 @@
+"""All configuration in one place. Nothing else in the project reads ``os.environ``.
+
+Every field can be set as an environment variable with the ``RAG_`` prefix,
+e.g. ``RAG_INDEX_DIR=/tmp/idx``; settings travel as arguments, never as globals.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore")
+
+    # --- corpus and index
+    corpus_dir: Path = Field(Path("seeds"), description="Folder of documents to index.")
+    index_dir: Path = Field(Path("index"), description="Where the built index lives.")
+    cache_dir: Path = Field(
+        Path.home() / ".cache" / "rag",
+        description="Writable cache for assembled model files (the generator's GGUF).",
+    )
+
+    # --- chunking (lengths in the embedder's own word pieces)
+    chunk_tokens: int = Field(160, ge=16, le=256, description="Max chunk length in embedder tokens.")
+    chunk_overlap: int = Field(32, ge=0, le=128, description="Overlap between chunks in tokens.")
+
+    # --- embedding
+    embed_batch_size: int = Field(32, ge=1, le=1024)
+    embedder_path: Path | None = Field(
+        None, description="A sentence-transformers model folder; default: the shipped all-MiniLM-L6-v2."
+    )
+    embed_threads: int = Field(2, ge=1, description="CPU threads for the embedding model (torch).")
+    index_type: Literal["auto", "flat", "hnsw"] = Field(
+        "auto", description="flat = exact inner product; hnsw = approximate; auto picks by size."
+    )
+    hnsw_threshold: int = Field(50_000, description="auto switches to HNSW above this many chunks.")
+
+    # --- retrieval
+    top_k: int = Field(4, ge=1, le=20, description="Passages given to the generator.")
+    candidates: int = Field(20, ge=1, le=200, description="Candidates per retriever before fusion.")
+    rrf_k: int = Field(60, description="Reciprocal-rank-fusion constant.")
+
+    # --- generation
+    generator: Literal["llama", "transformers"] = "llama"
+    generator_path: Path | None = Field(
+        None, description="A GGUF file (llama) or a Hugging Face folder (transformers); default: the shipped 1.5B."
+    )
+    n_ctx: int = Field(4096, ge=512)
+    n_threads: int = Field(2, ge=1)
+    max_new_tokens: int = Field(160, ge=8, le=2048)
+    seed: int = 0
+
+    # --- service
+    host: str = "127.0.0.1"
+    port: int = 8000
+    api_key: str | None = Field(None, description="When set, routes need 'Authorization: Bearer KEY'.")
+    queue_size: int = Field(8, ge=1, description="Answers waiting for the model before 503.")
+    max_upload_bytes: int = Field(20 * 1024 * 1024)
+    max_question_chars: int = Field(2000)
+
+    # --- verification and refusals (calibrated on eval/gold.jsonl; see README)
+    min_support: float = Field(
+        0.6, ge=0, le=1, description="Share of a sentence's content words that must come from its passage."
+    )
+    min_dense_score: float = Field(0.2, description="Refuse without generating when the best cosine is below...")
+    min_keyword_score: float = Field(1.0, description="...and the best BM25 score is below this.")

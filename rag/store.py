@@ -1,0 +1,470 @@
+"""The on-disk index: chunks, their vectors, a FAISS index and a manifest, versioned and crash-safe.
+
+Layout under ``index_dir``::
+
+    CURRENT                  # one line: the live version folder, e.g. "v-20241027T101500123-3fa2c1"
+    LOCK                     # flock target serializing writers (ingest, uploads)
+    v-<timestamp>-<rand>/
+        manifest.json        # format, embedder, chunking, documents, file sizes + hashes
+        chunks.jsonl         # one Chunk per line; line i <-> row i
+        vectors.npy          # float32 (n, dim), unit rows; kept so updates reuse them
+        faiss.index          # flat (exact) or HNSW (approximate), inner product
+
+A version folder is written complete under ``.tmp-...``, renamed into place,
+and only then named by ``CURRENT`` (replaced atomically). A crash at any point
+leaves ``CURRENT`` naming a complete, older version; leftovers are removed by
+the next writer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.errors import IndexFormatError
+from rag.types import Chunk, DocInfo, Hit
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CURRENT = "CURRENT"
+LOCK = "LOCK"
+MANIFEST = "manifest.json"
+CHUNKS = "chunks.jsonl"
+VECTORS = "vectors.npy"
+FAISS = "faiss.index"
+HNSW_M = 32
+HNSW_EF_SEARCH = 64
+HNSW_EF_CONSTRUCTION = 80
+_VERSION_NAME = re.compile(r"^v-[0-9A-Za-z-]+$")
+REBUILD_HINT = "rebuild it with `rag ingest --rebuild`"
+
+
+@dataclass(frozen=True)
+class DocEntry:
+    """What the manifest records per document."""
+
+    sha256: str
+    chunk_ids: tuple[str, ...]
+    chars: int
+    page_count: int | None = None
+
+
+@dataclass(frozen=True)
+class Manifest:
+    embedder_id: str
+    embedder_dim: int
+    chunk_tokens: int
+    overlap_tokens: int
+    index_type: str  # "flat" or "hnsw"; "auto" is resolved before saving
+    documents: Mapping[str, DocEntry]
+    format_version: int = FORMAT_VERSION
+    index_version: str = ""  # the version folder's name, set by save_index
+    created_at: str = ""  # ISO 8601 UTC, set by save_index
+    files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # name -> {bytes, sha256}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "created_at": self.created_at,
+            "index_version": self.index_version,
+            "embedder": {"id": self.embedder_id, "dim": self.embedder_dim},
+            "chunking": {"chunk_tokens": self.chunk_tokens, "overlap_tokens": self.overlap_tokens},
+            "index_type": self.index_type,
+            "hnsw": {"m": HNSW_M, "ef_search": HNSW_EF_SEARCH} if self.index_type == "hnsw" else None,
+            "documents": {
+                doc_id: {
+                    "sha256": e.sha256,
+                    "chunk_ids": list(e.chunk_ids),
+                    "chars": e.chars,
+                    "page_count": e.page_count,
+                }
+                for doc_id, e in sorted(self.documents.items())
+            },
+            "files": {name: dict(info) for name, info in sorted(self.files.items())},
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Manifest:
+        """Parse a manifest whose ``format_version`` was already checked; KeyError/TypeError on bad shape."""
+        docs = {
+            str(doc_id): DocEntry(
+                sha256=str(e["sha256"]),
+                chunk_ids=tuple(str(c) for c in e["chunk_ids"]),
+                chars=int(e["chars"]),
+                page_count=None if e.get("page_count") is None else int(e["page_count"]),
+            )
+            for doc_id, e in data["documents"].items()
+        }
+        return cls(
+            embedder_id=str(data["embedder"]["id"]),
+            embedder_dim=int(data["embedder"]["dim"]),
+            chunk_tokens=int(data["chunking"]["chunk_tokens"]),
+            overlap_tokens=int(data["chunking"]["overlap_tokens"]),
+            index_type=str(data["index_type"]),
+            documents=docs,
+            format_version=int(data["format_version"]),
+            index_version=str(data["index_version"]),
+            created_at=str(data["created_at"]),
+            files={str(k): dict(v) for k, v in data.get("files", {}).items()},
+        )
+
+
+def resolve_index_type(index_type: str, n_chunks: int, hnsw_threshold: int) -> str:
+    """Concrete FAISS flavour for a setting.
+
+    >>> resolve_index_type("auto", 10, 50_000), resolve_index_type("auto", 60_000, 50_000)
+    ('flat', 'hnsw')
+    """
+    if index_type == "auto":
+        return "hnsw" if n_chunks > hnsw_threshold else "flat"
+    if index_type not in ("flat", "hnsw"):
+        raise ValueError(f"unknown index type {index_type!r}")
+    return index_type
+
+
+class Index:
+    """A loaded index version: chunks, their vectors and a FAISS index over them (read-only)."""
+
+    def __init__(self, path: Path, manifest: Manifest, chunks: list[Chunk], vectors: np.ndarray, faiss_index: Any):
+        self.path = path
+        self.manifest = manifest
+        self.chunks = chunks
+        self.vectors = vectors
+        self._faiss = faiss_index
+        self._rows = {c.id: i for i, c in enumerate(chunks)}
+
+    @property
+    def version(self) -> str:
+        return self.manifest.index_version
+
+    def __len__(self) -> int:
+        return len(self.chunks)
+
+    def search(self, query_vec: np.ndarray, k: int) -> list[Hit]:
+        """The ``k`` chunks most similar to a unit query vector, best first.
+
+        Inner product of unit vectors is their cosine similarity, so scores lie in [-1, 1].
+        """
+        k = min(int(k), len(self.chunks))
+        if k <= 0:
+            return []
+        import faiss
+
+        query = np.ascontiguousarray(np.asarray(query_vec, dtype=np.float32).reshape(1, -1))
+        if query.shape[1] != self.manifest.embedder_dim:
+            raise ValueError(f"query has dimension {query.shape[1]}, index has {self.manifest.embedder_dim}")
+        if self.manifest.index_type == "hnsw":
+            # efSearch below k would return fewer than k results; pass it per call (thread-safe).
+            params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))  # type: ignore[attr-defined]
+            scores, rows = self._faiss.search(query, k, params=params)
+        else:
+            scores, rows = self._faiss.search(query, k)
+        return [
+            Hit(chunk=self.chunks[int(r)], score=float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0
+        ]
+
+    def chunk(self, chunk_id: str) -> Chunk:
+        """The chunk with this id; KeyError if the index does not hold it."""
+        return self.chunks[self._rows[chunk_id]]
+
+    def row(self, chunk_id: str) -> int:
+        """Row of ``chunk_id`` in ``chunks`` and ``vectors``."""
+        return self._rows[chunk_id]
+
+    def has_chunk(self, chunk_id: str) -> bool:
+        return chunk_id in self._rows
+
+    def documents(self) -> list[DocInfo]:
+        return [
+            DocInfo(doc_id=doc_id, sha256=e.sha256, chunks=len(e.chunk_ids), chars=e.chars)
+            for doc_id, e in sorted(self.manifest.documents.items())
+        ]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def current_version(index_dir: Path) -> str | None:
+    """Name of the live version folder, or None when there is no index yet."""
+    try:
+        name = (Path(index_dir) / CURRENT).read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise IndexFormatError(f"Cannot read {Path(index_dir) / CURRENT} ({exc}): {REBUILD_HINT}.") from exc
+    # Never follow a CURRENT pointing outside the index folder.
+    if not _VERSION_NAME.match(name):
+        raise IndexFormatError(f"{Path(index_dir) / CURRENT} is corrupt (names {name[:60]!r}): {REBUILD_HINT}.")
+    return name
+
+
+def load_index(index_dir: Path, embedder_id: str | None = None) -> Index:
+    """Load the live version; ``IndexFormatError`` (saying how to fix it) when missing, foreign or corrupt."""
+    index_dir = Path(index_dir)
+    for _attempt in range(3):
+        version = current_version(index_dir)
+        if version is None:
+            raise IndexFormatError(
+                f"No index in {index_dir}. Build one with `rag ingest` (it reads --corpus / RAG_CORPUS_DIR)."
+            )
+        try:
+            return _load_version(index_dir, version, embedder_id)
+        except FileNotFoundError as exc:
+            # A writer may have replaced CURRENT and removed this version while we read: retry.
+            if current_version(index_dir) != version:
+                continue
+            raise IndexFormatError(
+                f"Index {index_dir / version} is incomplete ({exc.filename} is missing): {REBUILD_HINT}."
+            ) from exc
+    raise IndexFormatError(f"Index in {index_dir} keeps changing while loading; stop other writers and retry.")
+
+
+def read_manifest(index_dir: Path) -> Manifest:
+    """Only the live version's manifest (cheap: no vectors are read); errors as ``load_index``."""
+    index_dir = Path(index_dir)
+    version = current_version(index_dir)
+    if version is None:
+        raise IndexFormatError(f"No index in {index_dir}. Build one with `rag ingest`.")
+    try:
+        return _read_manifest(index_dir / version)
+    except FileNotFoundError as exc:
+        raise IndexFormatError(f"Index {index_dir / version} is incomplete (no {MANIFEST}): {REBUILD_HINT}.") from exc
+
+
+def _read_manifest(folder: Path) -> Manifest:
+    where = f"Index {folder}"
+    raw = _read_checked(folder, MANIFEST, None)
+    try:
+        data = json.loads(raw.decode("utf-8"))
+        fmt = data["format_version"]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexFormatError(f"{where} has a corrupt {MANIFEST} ({exc}): {REBUILD_HINT}.") from exc
+    if fmt != FORMAT_VERSION:
+        raise IndexFormatError(
+            f"{where} has format version {fmt!r}, but this program reads version {FORMAT_VERSION}: {REBUILD_HINT}."
+        )
+    try:
+        return Manifest.from_json(data)
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise IndexFormatError(f"{where} has a corrupt {MANIFEST} (bad field {exc}): {REBUILD_HINT}.") from exc
+
+
+def _load_version(index_dir: Path, version: str, embedder_id: str | None) -> Index:
+    import faiss
+
+    folder = index_dir / version
+    if not folder.is_dir():
+        raise FileNotFoundError(2, "No such version folder", str(folder))
+    where = f"Index {folder}"
+    manifest = _read_manifest(folder)
+    if embedder_id is not None and manifest.embedder_id != embedder_id:
+        raise IndexFormatError(
+            f"{where} was built with embedder {manifest.embedder_id!r}, but {embedder_id!r} is configured: "
+            f"{REBUILD_HINT}."
+        )
+    files = manifest.files
+
+    try:
+        lines = _read_checked(folder, CHUNKS, files.get(CHUNKS)).decode("utf-8").splitlines()
+        chunks = [_chunk_from_json(json.loads(line)) for line in lines]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise IndexFormatError(f"{where} has a corrupt {CHUNKS} ({exc}): {REBUILD_HINT}.") from exc
+    try:
+        buf = _read_checked(folder, VECTORS, files.get(VECTORS))
+        vectors = np.load(io.BytesIO(buf), allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise IndexFormatError(f"{where} has a corrupt {VECTORS} ({exc}): {REBUILD_HINT}.") from exc
+    try:
+        blob = _read_checked(folder, FAISS, files.get(FAISS))
+        faiss_index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
+    except RuntimeError as exc:  # faiss reports every decoding problem as RuntimeError
+        raise IndexFormatError(f"{where} has a corrupt {FAISS} ({str(exc).splitlines()[0]}): {REBUILD_HINT}.") from exc
+
+    expected_ids = [cid for _, e in sorted(manifest.documents.items()) for cid in e.chunk_ids]
+    problems = []
+    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != manifest.embedder_dim:
+        problems.append(f"vectors are {vectors.dtype} {vectors.shape}, expected float32 (n, {manifest.embedder_dim})")
+    elif vectors.shape[0] != len(chunks):
+        problems.append(f"{vectors.shape[0]} vectors for {len(chunks)} chunks")
+    if faiss_index.ntotal != len(chunks) or faiss_index.d != manifest.embedder_dim:
+        problems.append(f"FAISS holds {faiss_index.ntotal} vectors of dim {faiss_index.d} for {len(chunks)} chunks")
+    if [c.id for c in chunks] != expected_ids:
+        problems.append("chunk ids do not match the manifest's documents")
+    if problems:
+        raise IndexFormatError(f"{where} is inconsistent ({'; '.join(problems)}): {REBUILD_HINT}.")
+    return Index(folder, manifest, chunks, vectors, faiss_index)
+
+
+def _read_checked(folder: Path, name: str, expected: Mapping[str, Any] | None) -> bytes:
+    """Read a file, checking its size and hash against the manifest (catches truncation and bit rot)."""
+    data = (folder / name).read_bytes()
+    if expected is not None:
+        if len(data) != int(expected.get("bytes", -1)):
+            raise IndexFormatError(
+                f"Index {folder} has a truncated or altered {name} "
+                f"({len(data)} bytes, manifest says {expected.get('bytes')}): {REBUILD_HINT}."
+            )
+        if hashlib.sha256(data).hexdigest() != expected.get("sha256"):
+            raise IndexFormatError(f"Index {folder} has a corrupt {name} (checksum mismatch): {REBUILD_HINT}.")
+    return data
+
+
+def _chunk_from_json(d: Mapping[str, Any]) -> Chunk:
+    page = d.get("page")
+    return Chunk(
+        id=str(d["id"]),
+        doc_id=str(d["doc_id"]),
+        text=str(d["text"]),
+        start=int(d["start"]),
+        end=int(d["end"]),
+        page=None if page is None else int(page),
+    )
+
+
+def _chunk_to_json(c: Chunk) -> str:
+    return json.dumps(
+        {"id": c.id, "doc_id": c.doc_id, "text": c.text, "start": c.start, "end": c.end, "page": c.page},
+        ensure_ascii=False,
+    )
+
+
+# ---------------------------------------------------------------- saving
+
+
+@contextlib.contextmanager
+def writer_lock(index_dir: Path) -> Iterator[None]:
+    """Hold the index's writer lock (blocks while another process or thread writes).
+
+    Readers need no lock: they only ever see complete versions.
+    """
+    index_dir = Path(index_dir)
+    index_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def save_index(index_dir: Path, manifest: Manifest, chunks: Sequence[Chunk], vectors: np.ndarray) -> Index:
+    """Write a new version and make it live atomically; returns it loaded.
+
+    Call under ``writer_lock`` when other writers may run. ``manifest.index_version``,
+    ``created_at`` and ``files`` are filled in here. Old versions and stale
+    temporary folders are removed once the new one is live.
+    """
+    import faiss
+
+    index_dir = Path(index_dir)
+    chunks = list(chunks)
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    _check_consistent(manifest, chunks, vectors)
+    if manifest.index_type not in ("flat", "hnsw"):
+        raise ValueError(f"resolve index_type before saving (got {manifest.index_type!r})")
+
+    index_dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    version = f"v-{now.strftime('%Y%m%dT%H%M%S%f')}-{secrets.token_hex(3)}"
+    tmp = index_dir / f".tmp-{version}"
+    folder = index_dir / version
+    tmp.mkdir()
+    try:
+        faiss_index = build_faiss(vectors, manifest.index_type)
+        files: dict[str, dict[str, Any]] = {}
+        # Files first, manifest last (it carries their sizes and hashes).
+        lines = "".join(_chunk_to_json(c) + "\n" for c in chunks).encode("utf-8")
+        files[CHUNKS] = _write_durably(tmp / CHUNKS, lines)
+        npy = io.BytesIO()
+        np.save(npy, vectors, allow_pickle=False)
+        files[VECTORS] = _write_durably(tmp / VECTORS, npy.getvalue())
+        files[FAISS] = _write_durably(tmp / FAISS, faiss.serialize_index(faiss_index).tobytes())
+        final = replace(manifest, index_version=version, created_at=now.isoformat(timespec="seconds"), files=files)
+        _write_durably(tmp / MANIFEST, json.dumps(final.to_json(), indent=1, ensure_ascii=False).encode("utf-8"))
+        _fsync_dir(tmp)
+        os.rename(tmp, folder)
+        _fsync_dir(index_dir)
+        # The switch: until this replace, CURRENT still names the previous version.
+        pointer = index_dir / f"{CURRENT}.tmp"
+        _write_durably(pointer, (version + "\n").encode("ascii"))
+        os.replace(pointer, index_dir / CURRENT)
+        _fsync_dir(index_dir)
+    except BaseException:
+        # Best effort; anything left behind is removed by the next writer's cleanup.
+        shutil.rmtree(tmp, ignore_errors=True)
+        with contextlib.suppress(Exception):
+            if current_version(index_dir) != version:
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+    log.info("index version %s is live (%d chunks, %s)", version, len(chunks), manifest.index_type)
+    cleanup(index_dir)
+    return Index(folder, final, chunks, vectors, faiss_index)
+
+
+def build_faiss(vectors: np.ndarray, index_type: str) -> Any:
+    import faiss
+
+    dim = int(vectors.shape[1])
+    index: Any
+    if index_type == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, HNSW_M, faiss.METRIC_INNER_PRODUCT)
+        index.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        index.hnsw.efSearch = HNSW_EF_SEARCH
+    else:
+        # Exact search; inner product equals cosine similarity on unit vectors.
+        index = faiss.IndexFlatIP(dim)
+    if len(vectors):
+        index.add(vectors)
+    return index
+
+
+def cleanup(index_dir: Path) -> None:
+    """Remove every version folder except the live one, and leftovers of interrupted writes."""
+    live = current_version(index_dir)
+    for entry in Path(index_dir).iterdir():
+        stale = (entry.name.startswith("v-") and entry.name != live) or entry.name.startswith(".tmp-")
+        if stale and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name == f"{CURRENT}.tmp":
+            entry.unlink(missing_ok=True)
+
+
+def _check_consistent(manifest: Manifest, chunks: list[Chunk], vectors: np.ndarray) -> None:
+    if vectors.ndim != 2 or vectors.shape[0] != len(chunks) or vectors.shape[1] != manifest.embedder_dim:
+        raise ValueError(f"vectors {vectors.shape} do not fit {len(chunks)} chunks of dim {manifest.embedder_dim}")
+    expected = [cid for _, e in sorted(manifest.documents.items()) for cid in e.chunk_ids]
+    if [c.id for c in chunks] != expected:
+        raise ValueError("chunks must be ordered by document id, in the order the manifest lists them")
+
+
+def _write_durably(path: Path, data: bytes) -> dict[str, Any]:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

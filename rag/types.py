@@ -1,0 +1,110 @@
+"""Small frozen contracts passed between the pipeline stages.
+
+Pydantic stays at the edges (settings, HTTP schemas); inside the library the
+stages exchange these plain dataclasses.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class Document:
+    """One source file. ``id`` is its path relative to the corpus root."""
+
+    id: str
+    path: str
+    text: str
+    sha256: str
+    # Character offset where each page starts (PDF only); page n (1-based) starts at page_starts[n-1].
+    page_starts: tuple[int, ...] = ()
+
+    def page_at(self, offset: int) -> int | None:
+        """1-based page holding ``offset``, or None for documents without pages.
+
+        >>> Document("a", "a", "xxyy", "h", (0, 2)).page_at(3)
+        2
+        """
+        if not self.page_starts:
+            return None
+        page = 1
+        for i, start in enumerate(self.page_starts):
+            if start <= offset:
+                page = i + 1
+        return page
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A passage: ``document.text[start:end] == text`` always holds."""
+
+    id: str
+    doc_id: str
+    text: str
+    start: int
+    end: int
+    page: int | None = None
+
+
+@dataclass(frozen=True)
+class Hit:
+    """A retrieved chunk with its score (higher is better; the scale depends on the stage)."""
+
+    chunk: Chunk
+    score: float
+
+
+@dataclass(frozen=True)
+class Citation:
+    """A passage cited by an answer as ``[marker]``; ``span_*`` locate the supporting words in the source."""
+
+    marker: int
+    chunk_id: str
+    doc_id: str
+    start: int
+    end: int
+    text: str
+    page: int | None = None
+    span_start: int | None = None
+    span_end: int | None = None
+
+
+@dataclass(frozen=True)
+class Sentence:
+    """One sentence of the answer, the markers it cites, and whether the cited passages support it."""
+
+    text: str
+    markers: tuple[int, ...]
+    supported: bool
+    support: float = 0.0
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str  # "user" or "assistant"
+    content: str
+
+
+@dataclass(frozen=True)
+class Answer:
+    question: str
+    text: str
+    abstained: bool
+    citations: tuple[Citation, ...]
+    sentences: tuple[Sentence, ...]
+    standalone_question: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
+    provenance: dict[str, str] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class DocInfo:
+    """A document as the index knows it."""
+
+    doc_id: str
+    sha256: str
+    chunks: int
+    chars: int

@@ -1,0 +1,53 @@
+"""Deterministic fakes for fast unit tests (no model loads)."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Callable, Iterator, Sequence
+
+import numpy as np
+
+from rag.generation import Message
+
+_WORD = re.compile(r"\w+")
+
+
+class FakeEmbedder:
+    """Bag of hashed words: texts sharing words get similar unit vectors."""
+
+    id = "fake-hash-embedder"
+    dim = 64
+    max_tokens = 256
+
+    def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            for word in _WORD.findall(text.lower()):
+                h = int.from_bytes(hashlib.blake2b(word.encode(), digest_size=4).digest(), "little")
+                out[row, h % self.dim] += 1.0
+            norm = float(np.linalg.norm(out[row]))
+            out[row] = out[row] / norm if norm else 1.0 / np.sqrt(self.dim)
+        return out
+
+    def count_tokens(self, text: str) -> int:
+        return len(_WORD.findall(text))
+
+
+class FakeGenerator:
+    """Replies with ``reply(messages)``, streamed word by word."""
+
+    id = "fake-generator"
+
+    def __init__(self, reply: Callable[[Sequence[Message]], str]) -> None:
+        self.reply = reply
+        self.calls: list[list[Message]] = []
+
+    def stream(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[str]:
+        self.calls.append(list(messages))
+        text = self.reply(messages)
+        for piece in re.findall(r"\S+\s*", text):
+            yield piece
+
+    def count_tokens(self, text: str) -> int:
+        return len(text.split())
