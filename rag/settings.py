@@ -43,6 +43,11 @@ class Settings(BaseSettings):
     top_k: int = Field(4, ge=1, le=20, description="Passages given to the generator.")
     candidates: int = Field(20, ge=1, le=200, description="Candidates per retriever before fusion.")
     rrf_k: int = Field(60, description="Reciprocal-rank-fusion constant.")
+    reranker: Literal["none", "judge", "cross-encoder"] = Field(
+        "none", description="Rerank fused candidates: the generator's yes/no judgement, or a CrossEncoder folder."
+    )
+    reranker_path: Path | None = Field(None, description="Folder of a sentence-transformers CrossEncoder.")
+    rerank_candidates: int = Field(8, ge=1, le=50, description="Fused candidates the reranker scores.")
 
     # --- generation
     generator: Literal["llama", "transformers"] = "llama"

@@ -116,8 +116,15 @@ class FakePipeline:
         quote = first.group().strip()
         span_start = doc_text.index(quote, chunk.start)
         citation = Citation(
-            1, chunk.id, chunk.doc_id, chunk.start, chunk.end, chunk.text, chunk.page,
-            span_start, span_start + len(quote),
+            1,
+            chunk.id,
+            chunk.doc_id,
+            chunk.start,
+            chunk.end,
+            chunk.text,
+            chunk.page,
+            span_start,
+            span_start + len(quote),
         )
         sentences = [Sentence(f"{quote} [1]", (1,), True, 1.0)]
         text = f"{quote} [1]"

@@ -46,8 +46,7 @@ class FakeGenerator:
     def stream(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[str]:
         self.calls.append(list(messages))
         text = self.reply(messages)
-        for piece in re.findall(r"\S+\s*", text):
-            yield piece
+        yield from re.findall(r"\S+\s*", text)
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())

@@ -359,8 +359,9 @@ def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
         resp = c.post("/ask", json={"question": "Etna?"})
         assert_error(resp, 503, "busy")
         assert int(resp.headers["retry-after"]) > 0
-        assert_error(c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Etna?"}]}),
-                     503, "busy")
+        assert_error(
+            c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "Etna?"}]}), 503, "busy"
+        )
         # Search does not queue behind the model.
         assert c.post("/search", json={"query": "Etna"}).status_code == 200
 
@@ -404,7 +405,7 @@ def test_v1_models(client: TestClient) -> None:
 
 
 def test_v1_chat_completion(client: TestClient, fake: FakePipeline) -> None:
-    messages = [
+    messages: list[dict[str, Any]] = [
         {"role": "system", "content": "You are helpful."},
         {"role": "user", "content": "How do honey bees show where flowers are?"},
         {"role": "assistant", "content": "With a waggle dance [1]."},
@@ -427,7 +428,9 @@ def test_v1_chat_completion(client: TestClient, fake: FakePipeline) -> None:
 
 def test_v1_chat_completion_stream(client: TestClient, fake: FakePipeline) -> None:
     question = "Where does Etna stand?"
-    resp = client.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": question}], "stream": True})
+    resp = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": question}], "stream": True}
+    )
     assert resp.headers["content-type"].startswith("text/event-stream")
     lines = [ln[len("data: ") :] for ln in resp.text.split("\n\n") if ln.startswith("data: ")]
     assert lines[-1] == "[DONE]"
@@ -503,8 +506,10 @@ def test_each_app_has_its_own_metrics(tmp_path: Path) -> None:
     with TestClient(a) as ca, TestClient(b) as cb:
         ca.get("/health")
         ca.get("/health")
-        assert _sample(ca.get("/metrics").text, "rag_http_requests_total", method="GET", route="/health",
-                       status="200") == 2
+        assert (
+            _sample(ca.get("/metrics").text, "rag_http_requests_total", method="GET", route="/health", status="200")
+            == 2
+        )
         with pytest.raises(AssertionError):
             _sample(cb.get("/metrics").text, "rag_http_requests_total", method="GET", route="/health", status="200")
 

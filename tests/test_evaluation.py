@@ -11,6 +11,7 @@ import pytest
 
 from rag.errors import InputError
 from rag.evaluation import (
+    EvalPipeline,
     GoldItem,
     Thresholds,
     answer_tokens,
@@ -342,6 +343,7 @@ def test_cli_passes_and_writes_reports(workspace: dict[str, Path], capsys: pytes
     assert "### q3 (date): refused (false refusal)" in md
     assert "### q4 (unanswerable): answered (hallucination)" in md
     assert "### q1" not in md  # correct answers are not failures
+    assert f"[1] doc.txt 0-{len(S1)}: {S1}" in md  # a failure shows the passages it cited
 
 
 def test_cli_fails_on_a_threshold(workspace: dict[str, Path], capsys: pytest.CaptureFixture[str]) -> None:
@@ -378,6 +380,57 @@ def test_cli_gold_names_a_missing_document(workspace: dict[str, Path]) -> None:
     (workspace["corpus"] / DOC_ID).unlink()
     with pytest.raises(InputError, match=r"doc\.txt"):
         run(workspace, {})
+
+
+def test_runs_on_the_real_pipeline_with_fake_models(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The runner against the real ingest + Pipeline (fake embedder and generator): same seams as production."""
+    import re
+
+    from rag.ingest import ingest
+    from rag.pipeline import build_pipeline
+    from rag.prompting import REWRITE_SYSTEM
+    from tests.fakes import FakeEmbedder, FakeGenerator
+
+    def reply(messages: Sequence[dict[str, str]]) -> str:
+        if messages[0]["content"] == REWRITE_SYSTEM:
+            return messages[-1]["content"].split("Last question:")[1].split("\n")[0]
+        # Echo the first sentence of passage [1], cited: always supported by that passage.
+        first = re.search(r"^\[1\] \([^)]*\) (.+?[.!?])(?:\s|$)", messages[-1]["content"], re.M)
+        return f"{first.group(1)} [1]" if first else "NOT FOUND"
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    filler = " ".join(f"Paragraph {i} talks about weather and farming in the north." for i in range(6))
+    (corpus / DOC_ID).write_text(f"{filler}\n\n{DOC}\n\n{filler}", encoding="utf-8")
+    write_gold(tmp_path / "gold.jsonl", GOLD)
+    (tmp_path / "t.json").write_text('{"min": {"recall@5": 0}}', encoding="utf-8")
+    settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "index", chunk_tokens=24, chunk_overlap=4, top_k=2)
+    embedder = FakeEmbedder()
+    built: list[bool] = []
+
+    def make_pipeline(s: Settings, retrieval_only: bool) -> EvalPipeline:
+        built.append(retrieval_only)
+        ingest(s.corpus_dir, s.index_dir, embedder, s, progress=False)
+        return build_pipeline(s, with_generator=not retrieval_only, embedder=embedder, generator=FakeGenerator(reply))
+
+    for retrieval_only in (True, False):
+        args = argparse.Namespace(
+            gold=tmp_path / "gold.jsonl", corpus=None, thresholds=tmp_path / "t.json", out=tmp_path / "out",
+            limit=None, retrieval_only=retrieval_only, index=None,
+        )  # fmt: skip
+        assert run_eval_cli(args, settings, make_pipeline=make_pipeline) == 0
+        report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+        assert [q["id"] for q in report["questions"]] == ["q1", "q2", "q3", "q4"]
+        assert all(q["retrieved"] for q in report["questions"])
+    assert built == [True, False]
+    text = (corpus / DOC_ID).read_text(encoding="utf-8")
+    assert report["provenance"]["index_version"] == report["pipeline_info"]["index_version"]
+    for q in report["questions"]:
+        assert isinstance(q["abstained"], bool) and q["latency_s"] is not None
+        for c in q["citations"]:
+            assert text[c["start"] : c["end"]] == c["text"]  # the report's offsets point into the source
+    assert 0.0 <= report["metrics"]["citation_precision"] <= 1.0
+    assert "latency_p95_s" in capsys.readouterr().out
 
 
 # --------------------------------------------------------------------------- malformed inputs

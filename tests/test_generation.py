@@ -44,9 +44,7 @@ def _build_tiny_model(folder: Path, *, chat_template: str | None) -> Path:
     tok.train_from_iterator(
         SENTENCES, trainers.WordLevelTrainer(special_tokens=["[UNK]", "[PAD]", "[EOS]", "<s>", "</s>"])
     )
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", eos_token="[EOS]")
     if chat_template:
         tokenizer.chat_template = chat_template
     config = LlamaConfig(

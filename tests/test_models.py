@@ -66,9 +66,7 @@ def test_assembles_parts_in_order(parts_root: Path, tmp_path: Path) -> None:
     assert sorted(p.name for p in path.parent.iterdir()) == [".tiny.gguf.lock", "tiny.gguf", "tiny.gguf.sha256"]
 
 
-def test_second_call_trusts_the_stamp(
-    parts_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_second_call_trusts_the_stamp(parts_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     names = _make_parts(parts_root, BLOBS)
     spec = _spec(names, b"".join(BLOBS))
     first = ensure_gguf(spec, tmp_path)

@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from fastapi import FastAPI
-from playwright.sync_api import Page, expect
+from playwright.sync_api import FilePayload, Page, expect
 
 from api.app import create_app
 from rag.settings import Settings
@@ -53,7 +54,8 @@ class Site:
         self.fake = fake
 
 
-def _site(tmp_path: Path, fake: FakePipeline, **overrides: object) -> Iterator[Site]:
+@contextmanager
+def running_site(tmp_path: Path, fake: FakePipeline, **overrides: object) -> Iterator[Site]:
     base: dict[str, object] = {"corpus_dir": tmp_path, "index_dir": tmp_path / "index", "api_key": None}
     app = create_app(Settings(**{**base, **overrides}), lambda s: fake)  # type: ignore[arg-type]
     with serve(app) as url:
@@ -64,7 +66,9 @@ def _site(tmp_path: Path, fake: FakePipeline, **overrides: object) -> Iterator[S
 @pytest.fixture
 def site(tmp_path: Path) -> Iterator[Site]:
     # Slow enough that the page shows the answer growing before the final render.
-    yield from _site(tmp_path, FakePipeline(delay=0.12, unsupported="Etna is also where Hephaestus kept his forge."))
+    fake = FakePipeline(delay=0.12, unsupported="Etna is also where Hephaestus kept his forge.")
+    with running_site(tmp_path, fake) as s:
+        yield s
 
 
 def shot(page: Page, name: str) -> None:
@@ -123,18 +127,25 @@ def test_follow_up_sends_the_conversation_history(page: Page, site: Site) -> Non
     assert history[0].content == "How do honey bees show where the flowers are?"
     assert history[1].content == site.fake.compute("How do honey bees show where the flowers are?").text
 
+    page.get_by_role("button", name="New conversation").click()
+    expect(page.locator(".msg")).to_have_count(0)
+    ask(page, TALLEST)
+    expect(page.locator(".msg.assistant .cite").first).to_be_visible()
+    assert site.fake.calls[-1] == (TALLEST, (), None)
+
 
 def test_refusal_looks_different_from_an_answer(page: Page, site: Site) -> None:
     site.fake.delay = 0
     page.goto(site.url)
-    ask(page, TALLEST)
-    answer = page.locator(".msg.assistant").last
-    expect(answer.locator(".cite").first).to_be_visible()
     ask(page, "zzyzx quorble?")
-    refusal = page.locator(".msg.assistant").last
+    refusal = page.locator(".msg.assistant").nth(0)
     expect(refusal).to_have_class("msg assistant refusal")
     expect(refusal).to_contain_text("The documents don't say")
     expect(refusal.locator(".cite")).to_have_count(0)
+    ask(page, TALLEST)
+    answer = page.locator(".msg.assistant").nth(1)
+    expect(answer.locator(".cite").first).to_be_visible()
+    expect(answer).to_have_class("msg assistant")
 
     def look(loc: Any) -> tuple[str, str]:
         return loc.evaluate("e => [getComputedStyle(e).backgroundColor, getComputedStyle(e).borderTopStyle]")
@@ -146,7 +157,7 @@ def test_refusal_looks_different_from_an_answer(page: Page, site: Site) -> None:
 def test_busy_server_shows_a_clear_message(page: Page, tmp_path: Path) -> None:
     fake = FakePipeline()
     fake.release.clear()  # hold the model
-    for s in _site(tmp_path, fake, queue_size=1):
+    with running_site(tmp_path, fake, queue_size=1) as s:
         page.goto(s.url)
         threads = [threading.Thread(target=_ask_blocking, args=(s.url,)) for _ in range(2)]
         threads[0].start()
@@ -174,7 +185,7 @@ def _ask_blocking(url: str) -> None:
 
 
 def test_server_down_shows_a_clear_message(page: Page, tmp_path: Path) -> None:
-    for s in _site(tmp_path, FakePipeline()):
+    with running_site(tmp_path, FakePipeline()) as s:
         page.goto(s.url)
         expect(page.locator("#status")).to_have_text("Ready")
     # The server has stopped; the page is still open.
@@ -214,7 +225,7 @@ def test_upload_lists_the_document_and_answers_from_it(page: Page, site: Site) -
     page.goto(site.url)
     expect(page.get_by_role("list", name="Indexed documents")).to_contain_text("bees.txt")
     page.get_by_label("Add a document").set_input_files(
-        files=[{"name": "octopus.txt", "mimeType": "text/plain", "buffer": b"Octopuses have three hearts."}]
+        files=[FilePayload(name="octopus.txt", mimeType="text/plain", buffer=b"Octopuses have three hearts.")]
     )
     page.get_by_role("button", name="Upload").click()
     expect(page.locator("#upload-status")).to_contain_text("Added octopus.txt")
@@ -226,7 +237,7 @@ def test_upload_lists_the_document_and_answers_from_it(page: Page, site: Site) -
     expect(page.locator("#passage-doc")).to_contain_text("octopus.txt")
 
     page.get_by_label("Add a document").set_input_files(
-        files=[{"name": "slides.pptx", "mimeType": "application/octet-stream", "buffer": b"x"}]
+        files=[FilePayload(name="slides.pptx", mimeType="application/octet-stream", buffer=b"x")]
     )
     page.get_by_role("button", name="Upload").click()
     expect(page.locator("#upload-status")).to_contain_text("not a supported type")
@@ -235,3 +246,17 @@ def test_upload_lists_the_document_and_answers_from_it(page: Page, site: Site) -
     page.get_by_role("button", name="Delete octopus.txt").click()
     expect(page.locator("#upload-status")).to_have_text("Removed octopus.txt.")
     expect(page.get_by_role("list", name="Indexed documents")).not_to_contain_text("octopus.txt")
+
+
+def test_api_key_is_asked_for_and_then_used(page: Page, tmp_path: Path) -> None:
+    with running_site(tmp_path, FakePipeline(), api_key="page-key") as s:
+        page.goto(s.url)
+        expect(page.locator("#status")).to_have_text("Ready")  # /ready needs no key
+        expect(page.get_by_role("list", name="Indexed documents")).to_contain_text("needs an API key")
+        key = page.get_by_label("API key (kept in this tab only)")
+        expect(key).to_be_visible()
+        key.fill("page-key")
+        page.get_by_role("button", name="Save key").click()
+        expect(page.get_by_role("list", name="Indexed documents")).to_contain_text("bees.txt")
+        ask(page, TALLEST)
+        expect(page.locator(".msg.assistant .answer-text .cite").first).to_be_visible()

@@ -1,0 +1,81 @@
+"""The shipped 1.5B GGUF through llama.cpp (slow: assembles ~1 GB once, loads the model)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from rag.generation import LlamaCppGenerator
+from rag.models import QWEN_CODER_1_5B, ensure_generator_gguf, stamped_sha256
+from rag.settings import Settings
+
+pytestmark = pytest.mark.slow
+
+SYSTEM = "Answer the question using only the context. Be brief."
+FACT_QUESTION = [
+    {"role": "system", "content": SYSTEM},
+    {
+        "role": "user",
+        "content": "Context: The Blue Harbor library opens at 7:15 and its door code is 4417.\n\n"
+        "Question: What is the door code of the Blue Harbor library?",
+    },
+]
+
+
+def _judge(question: str, passage: str) -> list[dict[str, str]]:
+    return [
+        {"role": "system", "content": "You judge whether a passage answers a question. Reply Yes or No."},
+        {"role": "user", "content": f"Question: {question}\nPassage: {passage}\nDoes the passage answer the question?"},
+    ]
+
+
+@pytest.fixture(scope="module")
+def generator() -> Iterator[LlamaCppGenerator]:
+    # The real cache folder, so CI assembles the 1 GB file only once across runs.
+    path = ensure_generator_gguf(Settings().cache_dir)
+    yield LlamaCppGenerator(path, n_ctx=2048, n_threads=2, seed=0)
+
+
+def test_assembled_model_is_verified_and_named_by_hash(generator: LlamaCppGenerator) -> None:
+    assert stamped_sha256(generator.model_path) == QWEN_CODER_1_5B.sha256
+    assert generator.model_path.stat().st_size == QWEN_CODER_1_5B.size
+    assert generator.id == f"{QWEN_CODER_1_5B.file_name}@{QWEN_CODER_1_5B.sha256[:12]}"
+
+
+def test_answers_from_the_prompt_deterministically(generator: LlamaCppGenerator) -> None:
+    first = "".join(generator.stream(FACT_QUESTION, max_tokens=40))
+    assert "4417" in first
+    assert 0 < generator.last_completion_tokens <= 40
+    assert generator.last_prompt_tokens == len(generator.prompt_tokens(FACT_QUESTION))
+    # Other work in between changes the KV cache; the reply must not depend on it.
+    generator.yes_probability(_judge("Who wrote Hamlet?", "Shakespeare wrote Hamlet."))
+    assert "".join(generator.stream(FACT_QUESTION, max_tokens=40)) == first
+
+
+def test_max_tokens_cuts_the_same_reply(generator: LlamaCppGenerator) -> None:
+    full = "".join(generator.stream(FACT_QUESTION, max_tokens=40))
+    short = "".join(generator.stream(FACT_QUESTION, max_tokens=3))
+    assert generator.last_completion_tokens == 3
+    assert short and full.startswith(short) and len(short) < len(full)
+
+
+def test_yes_probability_prefers_the_relevant_passage(generator: LlamaCppGenerator) -> None:
+    question = "What is the boiling point of water at sea level?"
+    relevant = generator.yes_probability(
+        _judge(question, "At sea level, pure water boils at 100 degrees Celsius (212 degrees Fahrenheit).")
+    )
+    irrelevant = generator.yes_probability(
+        _judge(question, "The Eiffel Tower was completed in 1889 and is 330 metres tall.")
+    )
+    assert relevant > 0.5 > irrelevant
+    # Same messages, same score, whatever was evaluated in between.
+    assert generator.yes_probability(
+        _judge(question, "At sea level, pure water boils at 100 degrees Celsius (212 degrees Fahrenheit).")
+    ) == pytest.approx(relevant, abs=1e-4)
+
+
+def test_count_tokens(generator: LlamaCppGenerator) -> None:
+    assert generator.count_tokens("") == 0
+    assert 0 < generator.count_tokens("hello world") <= 3
+    assert generator.count_tokens("hello world " * 50) > generator.count_tokens("hello world")
