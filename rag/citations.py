@@ -67,6 +67,26 @@ def parse_answer(raw: str) -> list[ParsedSentence]:
     return out
 
 
+_BOUNDARY = re.compile(r"(?<=[.!?…])\s+|\n+")
+
+
+def sentence_spans(text: str) -> list[tuple[int, int]]:
+    """Character spans of the sentences (and lines) of ``text``, whitespace trimmed.
+
+    >>> t = "First one. Second one!\\nHeading\\nThird."
+    >>> [t[a:b] for a, b in sentence_spans(t)]
+    ['First one.', 'Second one!', 'Heading', 'Third.']
+    """
+    spans, pos = [], 0
+    for match in _BOUNDARY.finditer(text):
+        if text[pos : match.start()].strip():
+            spans.append((pos, match.start()))
+        pos = match.end()
+    if text[pos:].strip():
+        spans.append((pos, len(text.rstrip())))
+    return spans
+
+
 def _markers(text: str) -> tuple[int, ...]:
     found: list[int] = []
     for group in _MARKER.findall(text):
@@ -145,17 +165,9 @@ def best_span(sentence: str, hit: Hit) -> tuple[int, int]:
     """Source offsets of the passage sentence sharing most terms with ``sentence``."""
     text = hit.chunk.text
     want = terms(sentence)
-    best, best_score = (0, len(text)), -1.0
-    pos = 0
-    for piece in _SENT_SPLIT.split(text):
-        start = text.find(piece, pos)
-        if start < 0:
-            continue
-        pos = start + len(piece)
-        score = len(terms(piece) & want)
-        if score > best_score:
-            best, best_score = (start, start + len(piece)), score
-    return hit.chunk.start + best[0], hit.chunk.start + best[1]
+    spans = sentence_spans(text) or [(0, len(text))]
+    a, b = max(spans, key=lambda span: (len(terms(text[span[0] : span[1]]) & want), -span[0]))
+    return hit.chunk.start + a, hit.chunk.start + b
 
 
 @dataclass(frozen=True)
@@ -183,6 +195,13 @@ def verify(raw: str, question: str, hits: Sequence[Hit], min_overlap: float = 0.
     spans: dict[int, tuple[int, int]] = {}
     for parsed in parse_answer(raw):
         markers = tuple(m for m in parsed.markers if 1 <= m <= len(hits))
+        if markers and not parsed.text.strip(" .,;:"):
+            # The model pointed at a passage but wrote nothing: quote that passage's best sentence.
+            hit = hits[markers[0] - 1]
+            a, b = best_span(question, hit)
+            parsed = ParsedSentence(hit.chunk.text[a - hit.chunk.start : b - hit.chunk.start], markers[:1])
+            markers = parsed.markers
+            notes.append(f"the model gave only the marker [{markers[0]}]; quoted its best sentence")
         if len(markers) < len(parsed.markers):
             bad = sorted(set(parsed.markers) - set(markers))
             notes.append(f"removed marker(s) {bad} pointing outside the {len(hits)} passages")

@@ -152,11 +152,13 @@ def answer_to_dict(answer: object) -> dict[str, object]:
         "timings": answer.timings,
         "provenance": answer.provenance,
         "notes": list(answer.notes),
+        "draft": answer.draft,
     }
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
+
     from api.app import create_app
 
     settings = _settings(args)
@@ -171,6 +173,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from rag.evaluation import run_eval_cli
 
     return run_eval_cli(args, _settings(args))
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from rag.bench import check_targets, run_bench
+
+    settings = _settings(args)
+    sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
+    figures = run_bench(settings, passages=args.passages, sizes=sizes, questions=args.questions)
+    missed = check_targets(figures, args.targets)
+    if args.json:
+        _print_json({k: round(v, 4) for k, v in figures.items()})
+    else:
+        for name, value in figures.items():
+            print(f"{name:36s} {value:12.3f}")
+    for line in missed:
+        print(f"target missed: {line}", file=sys.stderr)
+    return 1 if missed and args.check else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -216,6 +235,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("eval"), help="folder for report.json and report.md")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions")
     p.add_argument("--retrieval-only", action="store_true", help="skip answer generation")
+
+    p = add("bench", cmd_bench, "Measure speed on this machine (ingest, retrieval at scale, answers).")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--passages", type=int, default=500, help="synthetic passages to ingest")
+    p.add_argument("--sizes", default="10000,100000", help="chunk counts for the retrieval scale test")
+    p.add_argument("--questions", type=int, default=10, help="gold questions to answer (0 = skip the generator)")
+    p.add_argument("--targets", type=Path, default=Path("eval/bench_targets.json"))
+    p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     return parser
 
 

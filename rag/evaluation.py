@@ -568,6 +568,8 @@ def question_record(r: QuestionResult, k: int) -> dict[str, Any]:
         rec.update(
             {
                 "answer": a.text,
+                "draft": a.draft,
+                "confidence": a.confidence,
                 "standalone_question": a.standalone_question,
                 "abstained": a.abstained,
                 "correct": r.correct,

@@ -15,10 +15,10 @@ import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from rag.errors import InputError, ModelError
-from rag.models import ensure_generator_gguf, file_sha256, stamped_sha256
+from rag.models import QWEN_CODER_0_5B, QWEN_CODER_1_5B, ensure_gguf, file_sha256, stamped_sha256
 
 if TYPE_CHECKING:
     from rag.settings import Settings
@@ -105,10 +105,13 @@ class LlamaCppGenerator:
     Not thread-safe by nature (one KV cache): calls are serialized by a lock, and the
     service's queue keeps them one at a time anyway. llama-cpp-python keeps the KV cache
     of the previous call and only evaluates the tokens after the longest common prefix,
-    so prompts sharing a system message or passages start faster; nothing here resets it.
+    so prompts sharing a system message or passages start faster; ``yes_probability``
+    does the same, so scoring several passages for one question re-reads only the tail.
     """
 
-    def __init__(self, model_path: Path, *, n_ctx: int = 4096, n_threads: int = 2, seed: int = 0) -> None:
+    def __init__(
+        self, model_path: Path, *, n_ctx: int = 4096, n_threads: int = 2, seed: int = 0, reuse_cache: bool = True
+    ) -> None:
         if not model_path.is_file():
             raise ModelError(f"The generator model {model_path} does not exist. Check RAG_GENERATOR_PATH.")
         try:
@@ -138,6 +141,12 @@ class LlamaCppGenerator:
         self.model_path = model_path
         self.n_ctx = n_ctx
         self.seed = seed
+        #: Keep the KV cache of the shared prompt prefix between calls (much faster for prompts
+        #: that share a system message or passages). llama.cpp's batched and one-token kernels
+        #: round differently, so a reused prefix can move logits in the last digits (~1e-3 on a
+        #: yes probability) and, on a near-tie, a greedy token. False = bit-identical replies
+        #: for identical messages, at the cost of evaluating every prompt in full.
+        self.reuse_cache = reuse_cache
         sha = stamped_sha256(model_path) or file_sha256(model_path)
         self.id = f"{model_path.name}@{sha[:12]}"
         self._lock = threading.Lock()
@@ -164,6 +173,10 @@ class LlamaCppGenerator:
         )
         self._yes_ids, self._no_ids = yes_no_token_ids(self._encode)
 
+    def close(self) -> None:
+        """Free the model's memory now instead of at garbage collection."""
+        self._llm.close()
+
     def _encode(self, text: str) -> list[int]:
         return list(self._llm.tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
@@ -188,32 +201,36 @@ class LlamaCppGenerator:
             self._check_fits(prompt)
             self.last_prompt_tokens = len(prompt)
             self.last_completion_tokens = 0
-            counted = 0
-
-            def count(tokens: Any, logits: Any) -> bool:
-                # Called once per sampled token: an exact count, even when several
-                # tokens are emitted as one text piece (e.g. a multi-byte character).
-                nonlocal counted
-                counted += 1
-                self.last_completion_tokens = counted
-                return False
-
-            # temperature 0 + top_k 1 = greedy; the seed only matters if someone changes that.
-            chunks = self._llm.create_completion(
-                prompt,
-                max_tokens=max_tokens,
-                temperature=0.0,
-                top_k=1,
-                repeat_penalty=1.0,
-                seed=self.seed,
-                stop=[self._formatter.eos_token] if self._formatter.eos_token else [],
-                stopping_criteria=self._llama_cpp.StoppingCriteriaList([count]),
-                stream=True,
+            if not self.reuse_cache:
+                self._llm.reset()
+            finish: str | None = None
+            # The same call create_chat_completion makes after applying the GGUF's template;
+            # temperature 0 + top_k 1 = greedy, so the seed only matters if that changes.
+            chunks = cast(
+                Iterator[Any],  # stream=True: an iterator of chunks
+                self._llm.create_completion(
+                    prompt,
+                    max_tokens=max_tokens,
+                    temperature=0.0,
+                    top_k=1,
+                    repeat_penalty=1.0,
+                    seed=self.seed,
+                    stop=[self._formatter.eos_token] if self._formatter.eos_token else [],
+                    stream=True,
+                ),
             )
-            for chunk in chunks:  # type: ignore[union-attr]
-                text = chunk["choices"][0]["text"]
-                if text:
-                    yield text
+            try:
+                for chunk in chunks:
+                    choice = chunk["choices"][0]
+                    finish = choice.get("finish_reason") or finish
+                    if choice["text"]:
+                        yield choice["text"]
+            finally:
+                # Every reply token but the last is fed back through the model, so the context
+                # grew by prompt + reply - 1 tokens; a reply ended by the end-of-turn token also
+                # had its last text token evaluated (the end token itself is not counted).
+                evaluated = self._llm.n_tokens - len(prompt)
+                self.last_completion_tokens = max(0, evaluated if finish == "stop" else evaluated + 1)
 
     def yes_probability(self, messages: Sequence[Message]) -> float:
         """P("Yes") against P("No") as the assistant's first token after ``messages``."""
@@ -228,7 +245,7 @@ class LlamaCppGenerator:
                 if a != b:
                     break
                 shared += 1
-            shared = min(shared, len(tokens) - 1)
+            shared = min(shared, len(tokens) - 1) if self.reuse_cache else 0
             if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
                 llm.n_tokens = shared
             else:
@@ -370,5 +387,6 @@ def load_generator(settings: Settings) -> Generator:
         return TransformersGenerator(path, seed=settings.seed, n_threads=settings.n_threads)
     if path is not None and not path.is_file():
         raise InputError(f"RAG_GENERATOR_PATH={path} is not a GGUF file.")
-    model_path = path if path is not None else ensure_generator_gguf(settings.cache_dir)
+    spec = QWEN_CODER_0_5B if settings.generator_model == "qwen2.5-coder-0.5b" else QWEN_CODER_1_5B
+    model_path = path if path is not None else ensure_gguf(spec, settings.cache_dir)
     return LlamaCppGenerator(model_path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, seed=settings.seed)

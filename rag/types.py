@@ -98,6 +98,10 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: The judge's probability that the cited passages answer the question (None: not judged).
+    confidence: float | None = None
+    #: The model's unverified output, kept so anyone can see what verification changed.
+    draft: str = ""
 
 
 @dataclass(frozen=True)

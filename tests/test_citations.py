@@ -77,3 +77,11 @@ def test_parsed_citations_never_point_outside_the_passages(text: str, markers: l
     for sentence in checked.sentences:
         if sentence.supported:
             assert all(1 <= m <= len(HITS) for m in sentence.markers)
+
+
+def test_marker_only_reply_quotes_the_cited_passage() -> None:
+    checked = verify("[2]", "Which port did the shells leave from?", HITS)
+    (sentence,) = checked.sentences
+    assert sentence.supported and sentence.markers == (2,)
+    assert "Rason" in sentence.text and sentence.text in RASON
+    assert any("only the marker" in n for n in checked.notes)

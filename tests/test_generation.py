@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import types
 from pathlib import Path
 
 import pytest
@@ -138,6 +139,7 @@ def test_works_without_chat_template(plain_gen: TransformersGenerator) -> None:
 
 def test_abandoned_stream_frees_the_model(chat_gen: TransformersGenerator) -> None:
     stream = chat_gen.stream(MESSAGES, max_tokens=50)
+    assert isinstance(stream, types.GeneratorType)
     first = next(stream)
     stream.close()  # a client that went away; the worker thread must stop and release the lock
     assert _reply(chat_gen, 12).startswith(first)

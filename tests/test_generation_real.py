@@ -34,7 +34,9 @@ def _judge(question: str, passage: str) -> list[dict[str, str]]:
 def generator() -> Iterator[LlamaCppGenerator]:
     # The real cache folder, so CI assembles the 1 GB file only once across runs.
     path = ensure_generator_gguf(Settings().cache_dir)
-    yield LlamaCppGenerator(path, n_ctx=2048, n_threads=2, seed=0)
+    gen = LlamaCppGenerator(path, n_ctx=2048, n_threads=2, seed=0)
+    yield gen
+    gen.close()
 
 
 def test_assembled_model_is_verified_and_named_by_hash(generator: LlamaCppGenerator) -> None:
@@ -69,10 +71,25 @@ def test_yes_probability_prefers_the_relevant_passage(generator: LlamaCppGenerat
         _judge(question, "The Eiffel Tower was completed in 1889 and is 330 metres tall.")
     )
     assert relevant > 0.5 > irrelevant
-    # Same messages, same score, whatever was evaluated in between.
-    assert generator.yes_probability(
+    # Same messages, nearly the same score whatever was evaluated in between: a reused KV
+    # prefix only moves the last digits.
+    again = generator.yes_probability(
         _judge(question, "At sea level, pure water boils at 100 degrees Celsius (212 degrees Fahrenheit).")
-    ) == pytest.approx(relevant, abs=1e-4)
+    )
+    assert again == pytest.approx(relevant, abs=0.02)
+
+
+def test_without_cache_reuse_results_are_bit_identical(generator: LlamaCppGenerator) -> None:
+    generator.reuse_cache = False
+    try:
+        messages = _judge("Who wrote Hamlet?", "Hamlet is a tragedy written by William Shakespeare.")
+        first = generator.yes_probability(messages)
+        reply = "".join(generator.stream(FACT_QUESTION, max_tokens=20))
+        assert generator.yes_probability(messages) == first
+        generator.yes_probability(_judge("Who wrote Hamlet?", "Paris is in France."))
+        assert "".join(generator.stream(FACT_QUESTION, max_tokens=20)) == reply
+    finally:
+        generator.reuse_cache = True
 
 
 def test_count_tokens(generator: LlamaCppGenerator) -> None:

@@ -130,3 +130,30 @@ def test_upload_is_searchable_and_delete_removes_it(tmp_path: Path, settings: Se
         pipeline.delete_document("notes.md")
     with pytest.raises(InputError):
         pipeline.add_document("../escape.txt", b"hello there")
+
+
+class JudgingGenerator(FakeGenerator):
+    """A fake that also answers the yes/no self-check with a fixed probability."""
+
+    def __init__(self, reply: object, p_yes: float) -> None:
+        super().__init__(reply)  # type: ignore[arg-type]
+        self.p_yes = p_yes
+        self.judged: list[list[Message]] = []
+
+    def yes_probability(self, messages: Sequence[Message]) -> float:
+        self.judged.append(list(messages))
+        return self.p_yes
+
+
+@pytest.mark.parametrize(("p_yes", "abstained"), [(0.95, False), (0.2, True)])
+def test_self_check_below_threshold_abstains(settings: Settings, p_yes: float, abstained: bool) -> None:
+    base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
+    gen = JudgingGenerator(base.reply, p_yes)
+    answer = Pipeline(settings.model_copy(update={"min_judge": 0.5}), FakeEmbedder(), gen).ask(
+        "Which port were the munitions shipped from?"
+    )
+    assert answer.abstained is abstained
+    assert answer.confidence == p_yes
+    # The check continues the answering conversation, so the model's cache of the passages is reused.
+    (judged,) = gen.judged
+    assert judged[:2] == gen.calls[-1] and judged[2]["role"] == "assistant"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import doctest
 import json
 import os
 import signal
@@ -13,6 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import rag.store
 from rag.errors import IndexFormatError
 from rag.store import (
     CURRENT,
@@ -132,6 +134,11 @@ def test_save_rejects_inconsistent_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         save_index(tmp_path, Manifest("e", DIM, 64, 8, "auto", manifest.documents), chunks, vectors)
     assert current_version(tmp_path) is None
+
+
+def test_doctests() -> None:
+    result = doctest.testmod(rag.store)
+    assert result.attempted > 0 and result.failed == 0
 
 
 def test_resolve_index_type() -> None:
@@ -258,8 +265,6 @@ def test_simulated_crash_mid_write_leaves_the_old_index_loadable(saved: Index) -
 def test_failure_while_saving_keeps_the_previous_version_and_cleans_up(
     saved: Index, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import rag.store
-
     index_dir = saved.path.parent
     real = rag.store._write_durably
     calls = {"n": 0}

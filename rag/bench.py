@@ -1,0 +1,183 @@
+"""``rag bench``: speed figures measured in one run on this machine (a benchmark, not a test).
+
+Prints a table (or one JSON object with ``--json``) and checks each figure
+against ``eval/bench_targets.json``; ``--check`` makes a missed target exit 1.
+Retrieval at scale uses synthetic unit vectors (the scale, not the text, is
+what the index type changes); everything else runs the real models.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rag.settings import Settings
+
+
+def _p(values: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+
+
+def _timed(fn: Callable[[], Any], repeat: int) -> list[float]:
+    out = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def bench_ingest(settings: Settings, embedder: Any, passages: int) -> dict[str, float]:
+    """Embed ``passages`` seed-derived passages of ~100 words, then build and load an index."""
+    from rag.ingest import ingest
+    from rag.store import load_index
+
+    words = " ".join(p.read_text(encoding="utf-8") for p in sorted(settings.corpus_dir.glob("*.txt"))).split()
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = Path(tmp) / "corpus"
+        corpus.mkdir()
+        # Shifted windows of the seed text: realistic words, no two passages alike.
+        for i in range(passages):
+            start = (i * 37) % max(1, len(words) - 100)
+            (corpus / f"p{i:05d}.txt").write_text(f"Passage {i}. " + " ".join(words[start : start + 100]))
+        local = settings.model_copy(update={"corpus_dir": corpus, "index_dir": Path(tmp) / "index"})
+        t = time.perf_counter()
+        report = ingest(corpus, local.index_dir, embedder, local, progress=False)
+        seconds = time.perf_counter() - t
+        load = _timed(lambda: load_index(local.index_dir, embedder.id), 3)
+    return {
+        "ingest_passages_per_s": report.chunks_embedded / seconds,
+        "ingest_chunks": float(report.chunks_embedded),
+        "index_load_s": min(load),
+    }
+
+
+def bench_scale(sizes: list[int], dim: int, queries: int = 200) -> dict[str, float]:
+    """Exact vs HNSW search latency and HNSW recall@10 on synthetic unit vectors."""
+    from rag.store import build_faiss
+
+    rng = np.random.default_rng(0)
+    out: dict[str, float] = {}
+    for n in sizes:
+        # Clustered rather than uniform vectors: real embeddings are far from uniform on the sphere.
+        centers = rng.standard_normal((max(1, n // 100), dim)).astype(np.float32)
+        vecs = centers[rng.integers(0, len(centers), n)] + 0.5 * rng.standard_normal((n, dim)).astype(np.float32)
+        vecs /= np.linalg.norm(vecs, axis=1, keepdims=True)
+        qs = vecs[rng.integers(0, n, queries)] + 0.3 * rng.standard_normal((queries, dim)).astype(np.float32)
+        qs /= np.linalg.norm(qs, axis=1, keepdims=True)
+        label = f"{n // 1000}k" if n < 1_000_000 else f"{n // 1_000_000}M"
+        results = {}
+        for kind in ("flat", "hnsw"):
+            t = time.perf_counter()
+            index = build_faiss(vecs, kind)
+            out[f"build_s_{kind}_{label}"] = time.perf_counter() - t
+            lat, ids = [], []
+            for q in qs:
+                t = time.perf_counter()
+                _, found = index.search(q[None, :], 10)
+                lat.append((time.perf_counter() - t) * 1000)
+                ids.append(found[0])
+            results[kind] = ids
+            out[f"retrieval_ms_p50_{kind}_{label}"] = _p(lat, 50)
+            out[f"retrieval_ms_p95_{kind}_{label}"] = _p(lat, 95)
+        recall = [len(set(a) & set(b)) / 10 for a, b in zip(results["flat"], results["hnsw"], strict=True)]
+        out[f"hnsw_recall_at_10_{label}"] = statistics.fmean(recall)
+    return out
+
+
+def _decode_rate(timings: dict[str, float], tokens: int) -> float | None:
+    """Tokens/s after the first token: generation time minus the wait for the first token."""
+    if tokens < 2 or "first_token_s" not in timings:
+        return None
+    before_generation = timings.get("rewrite_s", 0.0) + timings.get("retrieve_s", 0.0)
+    decode_s = timings["generate_s"] - (timings["first_token_s"] - before_generation)
+    return (tokens - 1) / decode_s if decode_s > 0 else None
+
+
+def bench_answers(settings: Settings, pipeline: Any, questions: list[str]) -> dict[str, float]:
+    """TTFT, end-to-end latency and decode speed through the real pipeline, then the raw model."""
+    from rag.types import Answer
+
+    ttft, e2e, prompt_tokens, decode = [], [], [], []
+    gen = pipeline.generator
+    for q in questions:
+        t = time.perf_counter()
+        first = None
+        for piece in pipeline.ask_stream(q):
+            if first is None and isinstance(piece, str):
+                first = time.perf_counter() - t
+            if isinstance(piece, Answer):
+                e2e.append(time.perf_counter() - t)
+                if first is not None:
+                    ttft.append(first)
+                rate = _decode_rate(piece.timings, getattr(gen, "last_completion_tokens", 0))
+                if rate is not None:
+                    decode.append(rate)
+        prompt_tokens.append(float(getattr(gen, "last_prompt_tokens", 0)))
+    out = {
+        "questions": float(len(questions)),
+        "ttft_s_p50": _p(ttft, 50),
+        "e2e_s_p50": _p(e2e, 50),
+        "e2e_s_p95": _p(e2e, 95),
+        "prompt_tokens_p50": _p(prompt_tokens, 50),
+        "decode_tokens_per_s": _p(decode, 50),
+    }
+    # The same model called directly with the same settings: what the pipeline could at best reach.
+    if questions:
+        msgs = [{"role": "user", "content": "Write three sentences about the sea."}]
+        raw = []
+        for _ in range(2):
+            t = time.perf_counter()
+            first_t = None
+            for _piece in gen.stream(msgs, max_tokens=48):
+                if first_t is None:
+                    first_t = time.perf_counter()
+            end = time.perf_counter()
+            n = getattr(gen, "last_completion_tokens", 0)
+            if first_t is not None and n > 1:
+                raw.append((n - 1) / (end - first_t))
+        out["raw_decode_tokens_per_s"] = max(raw) if raw else float("nan")
+        out["decode_ratio"] = out["decode_tokens_per_s"] / out["raw_decode_tokens_per_s"]
+    return out
+
+
+def run_bench(settings: Settings, *, passages: int, sizes: list[int], questions: int) -> dict[str, float]:
+    from rag.embedding import load_embedder
+    from rag.evaluation import load_gold
+    from rag.ingest import ingest
+    from rag.pipeline import build_pipeline
+
+    figures: dict[str, float] = {}
+    embedder = load_embedder(settings)
+    figures.update(bench_ingest(settings, embedder, passages))
+    qlat = _timed(lambda: embedder.embed(["Which port were the munitions shipped from?"]), 20)
+    figures["query_embed_ms_p50"] = _p([x * 1000 for x in qlat], 50)
+    figures.update(bench_scale(sizes, embedder.dim))
+    if questions > 0:
+        ingest(settings.corpus_dir, settings.index_dir, embedder, settings, progress=False)
+        pipeline = build_pipeline(settings, embedder=embedder)
+        gold = [g for g in load_gold(Path("eval/gold.jsonl")) if not g.history][:questions]
+        figures.update(bench_answers(settings, pipeline, [g.question for g in gold]))
+    figures["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return figures
+
+
+def check_targets(figures: dict[str, float], targets_path: Path) -> list[str]:
+    """Names of the figures that miss their target (``{"min": {...}, "max": {...}}``)."""
+    targets = json.loads(targets_path.read_text(encoding="utf-8"))
+    missed = []
+    for name, floor in targets.get("min", {}).items():
+        if name in figures and not figures[name] >= floor:
+            missed.append(f"{name} = {figures[name]:.3f} is under {floor}")
+    for name, ceiling in targets.get("max", {}).items():
+        if name in figures and not figures[name] <= ceiling:
+            missed.append(f"{name} = {figures[name]:.3f} is over {ceiling}")
+    return missed
