@@ -15,9 +15,9 @@ Scoring rules (kept simple so a reader can check any figure by hand):
 * **Retrieval**: recall@n = share of answerable questions with an evidence
   passage among the first n retrieved; MRR = mean of 1/rank of the first one.
 * **Citations** (ALCE spirit): precision = share of citations, over answerable
-  questions that were answered, whose passage holds the evidence or that a
-  verifier-supported sentence cites; recall = share of answerable questions
-  citing at least one evidence passage.
+  questions that were answered, whose passage holds the gold evidence (the
+  pipeline's own verifier is not trusted here); recall = share of answerable
+  questions citing at least one evidence passage.
 * **Refusals**: refusal recall (unanswerable -> abstained), false-refusal rate
   (answerable -> abstained), hallucination rate (unanswerable -> answered).
 """
@@ -295,7 +295,7 @@ class QuestionResult:
     #: Answerable: contains a gold answer and did not abstain. Unanswerable: abstained.
     correct: bool | None = None
     f1: float | None = None
-    #: Per citation of ``answer``: holds the evidence, or is cited by a supported sentence.
+    #: Per citation of ``answer``: its passage holds the gold evidence.
     citation_ok: tuple[bool, ...] = ()
     cites_evidence: bool = False
 
@@ -339,8 +339,10 @@ def score_question(
     else:
         correct, f1 = answer.abstained, None
     evidence_ok = [holds_evidence(c, item, span) for c in answer.citations]
-    supported = {m for s in answer.sentences if s.supported for m in s.markers}
-    citation_ok = tuple(ok or c.marker in supported for c, ok in zip(answer.citations, evidence_ok, strict=True))
+    # Strict on purpose: our own verifier passed every kept sentence, so counting its
+    # verdict here would make precision 1.0 by construction. A citation counts only
+    # when its passage holds the gold evidence.
+    citation_ok = tuple(evidence_ok)
     return QuestionResult(
         item,
         chunks,

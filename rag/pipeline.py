@@ -159,7 +159,8 @@ class Pipeline:
 
         t3 = time.perf_counter()
         checked = verify(raw, standalone, passages, min_overlap=s.min_support)
-        confidence = self._judge(messages, raw) if checked.citations else None
+        # Judge the verified text, not the raw draft: a bare "[1]" draft tells the model nothing.
+        confidence = self._judge(messages, checked.supported_text) if checked.citations else None
         timings["verify_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
         if checked.citations and confidence is not None and confidence < s.min_judge:

@@ -61,7 +61,7 @@ def rewrite_messages(question: str, history: Sequence[Turn], max_turns: int = 6)
     return [{"role": "system", "content": REWRITE_SYSTEM}, {"role": "user", "content": user}]
 
 
-JUDGE_QUESTION = "Is your answer stated in the passages? Reply Yes or No."
+JUDGE_QUESTION = "Does that answer the question, as stated in the passages? Reply Yes or No."
 
 
 def judge_messages(answer_prompt: Sequence[Message], draft: str) -> list[Message]:

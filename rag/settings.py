@@ -79,7 +79,7 @@ class Settings(BaseSettings):
         0.6, ge=0, le=1, description="Share of a sentence's content words that must come from its passage."
     )
     min_judge: float = Field(
-        0.785,
+        0.81,
         ge=0,
         le=1,
         description="Abstain when the model's own P(its answer is in the passages) is below this; 0 = off.",
