@@ -152,6 +152,7 @@ def answer_to_dict(answer: object) -> dict[str, object]:
         "timings": answer.timings,
         "provenance": answer.provenance,
         "notes": list(answer.notes),
+        "confidence": answer.confidence,
         "draft": answer.draft,
     }
 

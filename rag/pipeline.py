@@ -139,7 +139,7 @@ class Pipeline:
         t2 = time.perf_counter()
         raw = ""
         # Small models sometimes answer a bare NOT FOUND; hold it back rather than stream it.
-        held = ""
+        held: str | None = ""  # None once the reply is known not to be NOT FOUND
         for piece in self.generator.stream(messages, max_tokens=s.max_new_tokens):
             if not raw:
                 timings["first_token_s"] = time.perf_counter() - t0
@@ -148,7 +148,7 @@ class Pipeline:
                 held += piece
                 if NOT_FOUND.startswith(held.strip()) or held.strip().startswith(NOT_FOUND):
                     continue
-                piece, held = held, None  # type: ignore[assignment]
+                piece, held = held, None
             yield piece
         timings["generate_s"] = time.perf_counter() - t2
 

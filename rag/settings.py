@@ -79,10 +79,11 @@ class Settings(BaseSettings):
         0.6, ge=0, le=1, description="Share of a sentence's content words that must come from its passage."
     )
     min_judge: float = Field(
-        0.81,
+        0.0,
         ge=0,
         le=1,
-        description="Abstain when the model's own P(its answer is in the passages) is below this; 0 = off.",
+        description="Abstain when the model's own P(its answer is in the passages) is below this; 0 = off "
+        "(the default: on this model the score was not stable enough to trust, see README).",
     )
     min_dense_score: float = Field(
         0.2, description="Refuse without generating when the best cosine is below this and..."
