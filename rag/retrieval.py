@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from rag.embedding import Embedder
 from rag.keyword import KeywordIndex
 from rag.store import Index
@@ -25,7 +23,6 @@ class Retrieved:
     top_dense: float
     #: Best BM25 score (0 when no query word occurs in the corpus).
     top_keyword: float
-    query_vector: np.ndarray
 
 
 def rrf_fuse(rankings: list[list[int]], rrf_k: int) -> list[tuple[int, float]]:
@@ -99,8 +96,4 @@ class Retriever:
             hits=hits,
             top_dense=dense[0].score if dense else 0.0,
             top_keyword=keyword[0][1] if keyword else 0.0,
-            query_vector=qvec,
         )
-
-    def chunks(self) -> list[Chunk]:
-        return self.index.chunks
