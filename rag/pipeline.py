@@ -14,6 +14,7 @@ import json
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +33,7 @@ from rag.types import Answer, DocInfo, Hit, Turn
 log = logging.getLogger(__name__)
 
 REFUSAL = "The documents do not say."
+REWRITE_CACHE_SIZE = 256  # remembered follow-up rewrites (a few hundred bytes each)
 
 
 class Pipeline:
@@ -49,6 +51,8 @@ class Pipeline:
         self.generator = generator
         self.reranker = reranker
         self._lock = threading.Lock()  # serializes index swaps (uploads, deletes)
+        self._rewrites: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], str] = OrderedDict()
+        self._rewrites_lock = threading.Lock()
         self._retriever = Retriever(
             load_index(settings.index_dir, embedder.id),
             embedder,
@@ -67,13 +71,28 @@ class Pipeline:
         return self._retriever.retrieve(query, self._k(k)).hits
 
     def standalone_question(self, question: str, history: Sequence[Turn]) -> str:
-        """Rewrite a follow-up into a question that stands alone (needs the generator)."""
+        """Rewrite a follow-up into a question that stands alone (needs the generator).
+
+        Decoding is greedy, so the same conversation always gets the same rewrite: it is
+        remembered (a few seconds of generation each) for a search followed by an ask, a
+        client's retry, or the eval runner's retrieve-then-ask.
+        """
         if not history or self.generator is None:
             return question
+        key = (question, tuple((t.role, t.content) for t in history))
+        with self._rewrites_lock:
+            if key in self._rewrites:
+                self._rewrites.move_to_end(key)
+                return self._rewrites[key]
         raw = "".join(self.generator.stream(rewrite_messages(question, history), max_tokens=60))
         rewritten = " ".join(raw.strip().strip('"').split())
         # A rewrite that came back empty or rambling is worse than the original question.
-        return rewritten if 0 < len(rewritten) <= 400 else question
+        result = rewritten if 0 < len(rewritten) <= 400 else question
+        with self._rewrites_lock:
+            self._rewrites[key] = result
+            while len(self._rewrites) > REWRITE_CACHE_SIZE:
+                self._rewrites.popitem(last=False)
+        return result
 
     def retrieve(self, question: str, history: Sequence[Turn] = (), k: int | None = None) -> list[Hit]:
         """Passages the generator would see for this question."""

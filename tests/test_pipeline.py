@@ -101,6 +101,19 @@ def test_follow_up_is_rewritten_before_retrieval(settings: Settings) -> None:
     assert "Standalone question" in gen.calls[0][-1]["content"]
 
 
+def test_a_conversation_is_rewritten_once(settings: Settings) -> None:
+    gen = cite_passage_with("7,000", "It traveled a distance of 7,000 kilometers")
+    pipeline = Pipeline(settings, FakeEmbedder(), gen)
+    history = [Turn("user", "What did North Korea test on October 30, 2024?"), Turn("assistant", "A missile [1].")]
+    pipeline.retrieve("And how far did it fly?", history)
+    pipeline.ask("And how far did it fly?", history)
+    rewrites = [c for c in gen.calls if "Standalone question" in c[-1]["content"]]
+    assert len(rewrites) == 1
+    other = [Turn("user", "What did Russia send?"), Turn("assistant", "Oil [1].")]
+    pipeline.retrieve("And how far did it fly?", other)  # another conversation: rewritten anew
+    assert len([c for c in gen.calls if "Standalone question" in c[-1]["content"]]) == 2
+
+
 def test_gate_refuses_without_calling_the_model(settings: Settings) -> None:
     strict = settings.model_copy(update={"min_dense_score": 1.01, "min_keyword_score": 1e9})
     gen = FakeGenerator(lambda m: "anything [1].")
