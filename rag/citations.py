@@ -146,7 +146,16 @@ def support(sentence: str, passage_terms: set[str], question_terms: set[str], mi
     """Is ``sentence`` backed by a passage (whose terms are given)?
 
     Names and numbers must occur in the passage itself; other words may also
-    come from the question, which answers naturally restate.
+    come from the question, which answers naturally restate. What the sentence
+    adds to the question is held to the same share on its own: otherwise a
+    restated question with one invented word ("The bridge is made of cheese")
+    would pass on the question's words alone.
+
+    >>> p, q = terms("The bridge is 812 metres long."), terms("What is the bridge made of?")
+    >>> support("The bridge is made of cheese.", p, q, 0.6).supported
+    False
+    >>> support("The bridge is 812 metres long.", p, q, 0.6).supported
+    True
     """
     sent_terms = terms(sentence)
     if not sent_terms:
@@ -156,6 +165,9 @@ def support(sentence: str, passage_terms: set[str], question_terms: set[str], mi
     found = [t for t in sent_terms if t in allowed]
     in_passage = [t for t in sent_terms if t in passage_terms]
     score = len(found) / len(sent_terms)
+    added = sent_terms - question_terms
+    if added:
+        score = min(score, len(added & passage_terms) / len(added))
     # At least one term must come from the passage itself, or a bare restated question would pass.
     ok = not missing_keys and score >= min_overlap and bool(in_passage)
     return Support(ok, round(score, 3), tuple(missing_keys))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 from rag.citations import key_terms, sentence_spans, terms
+from rag.injection import looks_like_instruction
 from rag.types import Chunk, Hit
 
 
@@ -23,26 +24,33 @@ def _score(sentence: str, q_terms: set[str], q_keys: set[str]) -> float:
 
 
 def focus(question: str, hits: Sequence[Hit], budget: int, count_tokens: Callable[[str], int]) -> list[Hit]:
-    """Narrow each hit to its best sentences so that all windows fit in ``budget`` tokens.
+    """Narrow each hit to its best sentences so that all windows fit in ``budget`` tokens (0 = no limit).
 
     Every passage first gets its best sentence (in rank order), then windows
     grow by neighbouring sentences, best passage first, while the budget lasts.
     A passage whose best sentence scores under half the best passage's is
-    dropped (the top-ranked passage is always kept).
+    dropped (the top-ranked passage is always kept). Sentences that address the
+    model (``rag.injection``) are walls: no window includes or crosses one, and a
+    passage made only of them is dropped.
     """
-    if budget <= 0 or not hits:
-        return list(hits)
+    if not hits:
+        return []
+    unlimited = budget <= 0  # whole passages, but still without the sentences that address the model
     q_terms, q_keys = terms(question), key_terms(question) | {t for t in terms(question) if t[0].isdigit()}
     plans: list[tuple[Hit, list[tuple[int, int]], list[float], int]] = []
+    walls: list[set[int]] = []
     for hit in hits:
         spans = sentence_spans(hit.chunk.text)
-        if not spans:
+        blocked = {i for i, (a, b) in enumerate(spans) if looks_like_instruction(hit.chunk.text[a:b])}
+        if len(blocked) == len(spans):
             continue
         scores = [_score(hit.chunk.text[a:b], q_terms, q_keys) for a, b in spans]
-        best = max(range(len(spans)), key=lambda i: (scores[i], -i))
+        best = max((i for i in range(len(spans)) if i not in blocked), key=lambda i: (scores[i], -i))
         plans.append((hit, spans, scores, best))
+        walls.append(blocked)
     top = max((plan[2][plan[3]] for plan in plans), default=0.0)
-    plans = [plan for rank, plan in enumerate(plans) if rank == 0 or plan[2][plan[3]] >= max(top / 2, 0.5)]
+    kept = [r for r, plan in enumerate(plans) if unlimited or r == 0 or plan[2][plan[3]] >= max(top / 2, 0.5)]
+    plans, walls = [plans[r] for r in kept], [walls[r] for r in kept]
 
     used = 0
     windows: dict[int, tuple[int, int]] = {}  # plan index -> (first, last) sentence index
@@ -55,7 +63,7 @@ def focus(question: str, hits: Sequence[Hit], budget: int, count_tokens: Callabl
         return cost[(p, i)]
 
     for p, (_, _, _, best) in enumerate(plans):
-        if used + tokens(p, best) <= budget or p == 0:
+        if unlimited or used + tokens(p, best) <= budget or p == 0:
             windows[p] = (best, best)
             used += tokens(p, best)
     grown = True
@@ -66,10 +74,10 @@ def focus(question: str, hits: Sequence[Hit], budget: int, count_tokens: Callabl
             spans, scores = plans[p][1], plans[p][2]
             # Grow toward the more relevant neighbour first; the following sentence on ties
             # (it usually completes the thought the best sentence starts).
-            options = [i for i in (last + 1, first - 1) if 0 <= i < len(spans)]
+            options = [i for i in (last + 1, first - 1) if 0 <= i < len(spans) and i not in walls[p]]
             options.sort(key=lambda i: -scores[i])
             for i in options:
-                if used + tokens(p, i) <= budget:
+                if unlimited or used + tokens(p, i) <= budget:
                     windows[p] = (min(first, i), max(last, i))
                     used += tokens(p, i)
                     grown = True

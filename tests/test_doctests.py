@@ -1,0 +1,25 @@
+"""Every example in the docstrings of rag/ and api/ runs and holds."""
+
+from __future__ import annotations
+
+import doctest
+import importlib
+import pkgutil
+
+import pytest
+
+import api
+import rag
+
+MODULES = sorted(
+    f"{pkg.__name__}.{m.name}"
+    for pkg in (rag, api)
+    for m in pkgutil.iter_modules(pkg.__path__)
+    if m.name != "__main__"  # importing it would run the CLI
+)
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name: str) -> None:
+    result = doctest.testmod(importlib.import_module(name), optionflags=doctest.ELLIPSIS)
+    assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"
