@@ -59,12 +59,14 @@ async def generate(
 ) -> AsyncIterator[str | Answer]:
     """Yield the pipeline's pieces and final ``Answer`` while holding the model.
 
+    The routes hand over a ticket that already holds the model
+    (``AnswerGate.enter``); any other ticket waits for it here first.
     ``request`` is given for non-streamed answers only: then nobody else listens
     for the disconnect, so it is polled between pieces. (A streaming response
     listens itself and cancels this coroutine.)
     """
     try:
-        async with ticket.turn():
+        if await ticket.wait(request.is_disconnected if request is not None else None):
             pieces = 0
             first = last = 0.0
             outcome = "cancelled"

@@ -199,7 +199,7 @@ def create_app(settings: Settings, pipeline_factory: PipelineFactory | None = No
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        state.gate = AnswerGate(settings.queue_size)
+        state.gate = AnswerGate(settings.queue_size, settings.queue_timeout_s)
         state.write_lock = asyncio.Lock()
         state.start_loading()
         yield
@@ -263,13 +263,18 @@ def create_app(settings: Settings, pipeline_factory: PipelineFactory | None = No
         summary="Answer a question with verified citations (JSON, or Server-Sent Events when streaming).",
         description="With `stream: true` or `Accept: text/event-stream` the reply is SSE: `token` events "
         '(`{"text": ...}`), one `answer` event (the answer object), then `done`; a failure sends '
-        '`error` (`{"code", "message"}`) then `done`. 503 with Retry-After when the model queue is full.',
+        '`error` (`{"code", "message"}`) then `done`. 503 with Retry-After when the model queue is full '
+        "or the model stays busy for RAG_QUEUE_TIMEOUT_S (streams too: the stream starts once the model is ours).",
         responses={200: {"model": AnswerOut}, **_ERRORS},
     )
     async def ask(body: AskRequest, request: Request, pipeline: PipelineDep, gate: GateDep) -> Response:
         _check_question(body.question, settings)
         history = tuple(Turn(role=t.role, content=t.content) for t in body.history)
-        ticket = gate.admit()
+        # Wait for the model before answering, so a stream that waits too long still gets a real
+        # 503 + Retry-After rather than a 200 that ends in an error event.
+        ticket = await gate.enter(request.is_disconnected)
+        if ticket is None:
+            return _client_gone()
         if _wants_stream(body.stream, request):
             stream = generate(pipeline, ticket, body.question, history, body.k, metrics)
             return ClosingStreamingResponse(sse_events(stream), ticket.release, "text/event-stream")
@@ -298,7 +303,7 @@ def create_app(settings: Settings, pipeline_factory: PipelineFactory | None = No
         status_code=201,
         summary=f"Upload a document ({', '.join(SUPPORTED_SUFFIXES)}); it is searchable when this returns.",
         response_model=DocInfoOut,
-        responses=_ERRORS,
+        responses={**_ERRORS, 507: {"model": ErrorResponse}},  # 507: the disk is full
         openapi_extra={
             "requestBody": {
                 "required": True,
@@ -330,7 +335,10 @@ def create_app(settings: Settings, pipeline_factory: PipelineFactory | None = No
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise ApiError(
-                    422, "invalid_request", "file: send the document as multipart/form-data in a field named 'file'."
+                    422,
+                    "invalid_request",
+                    "file: send the document as multipart/form-data in a field named 'file', with its file name "
+                    '(filename="notes.txt").',
                 )
             name = safe_filename(upload.filename)
             if not is_supported(name):
@@ -384,7 +392,9 @@ def create_app(settings: Settings, pipeline_factory: PipelineFactory | None = No
         except ValueError as exc:
             raise ApiError(422, "invalid_request", f"messages: {exc}") from None
         _check_question(question, settings)
-        ticket = gate.admit()
+        ticket = await gate.enter(request.is_disconnected)
+        if ticket is None:
+            return _client_gone()
         if body.stream:
             stream = generate(pipeline, ticket, question, history, body.k, metrics)
             return ClosingStreamingResponse(openai_events(stream), ticket.release, "text/event-stream")

@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag.errors import BusyError, IndexFormatError, InputError, ModelError, RagError
+from rag.errors import BusyError, IndexFormatError, InputError, ModelError, RagError, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,9 @@ def rag_error_status(exc: RagError) -> tuple[int, str, dict[str, str]]:
         return 503, "index_unavailable", {}
     if isinstance(exc, ModelError):
         return 503, "model_unavailable", {}
+    if isinstance(exc, StorageError):
+        # 507 tells the client that retrying is useless until someone frees space.
+        return (507, "disk_full", {}) if exc.disk_full else (503, "storage_unavailable", {})
     return 500, "rag_error", {}
 
 
@@ -65,10 +68,15 @@ def describe_validation_errors(errors: Sequence[Any]) -> str:
     'k: Input should be less than or equal to 20'
     >>> describe_validation_errors([{"loc": ("body",), "msg": "Field required"}])
     'request body: Field required'
+    >>> describe_validation_errors([{"loc": ("body", "query"), "msg": "String should have at most 9 characters"}])
+    'query: String should have at most 9 characters'
     """
     parts = []
     for err in errors:
-        loc = [str(p) for p in err.get("loc", ()) if p not in ("body", "query", "path")]
+        loc = [str(p) for p in err.get("loc", ())]
+        # Only the first element names where the value came from; a field may be called "query" too.
+        if loc and loc[0] in ("body", "query", "path", "header", "cookie"):
+            loc = loc[1:]
         where = ".".join(loc) if loc else "request body"
         msg = str(err.get("msg", "invalid"))
         if msg.startswith("Value error, "):
@@ -110,6 +118,9 @@ def install_error_handlers(app: FastAPI) -> None:
             message = f"No such route: {request.method} {request.url.path}. See /openapi.json for the routes."
         elif exc.status_code == 405:
             message = f"{request.method} is not allowed on {request.url.path}."
+        elif exc.status_code == 400 and exc.detail == "There was an error parsing the body":
+            # FastAPI's words for a body json.loads cannot take: bad UTF-8, or nested past the recursion limit.
+            message = "The request body could not be parsed: send UTF-8 JSON (or multipart for uploads), less nested."
         else:
             message = str(exc.detail)
         return error_json(exc.status_code, code, message, exc.headers)

@@ -8,12 +8,34 @@ the CLI uses (``rag.cli.answer_to_dict``) so both speak the same format.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 MAX_HISTORY_TURNS = 20
 MAX_TURN_CHARS = 20_000
+
+# C0/C1 control characters other than tab and newlines, and lone UTF-16 surrogates (JSON allows
+# "\ud800"; no encoder downstream does). Typed text never holds them; a NUL or a surrogate would
+# otherwise travel into the tokenizers and the logs.
+_UNTYPEABLE = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def check_text(value: str) -> str:
+    """Refuse control characters and lone surrogates, naming the first one.
+
+    >>> check_text("Où est l'Etna ?\\n")
+    "Où est l'Etna ?\\n"
+    >>> check_text("Etna\\x00?")
+    Traceback (most recent call last):
+    ...
+    ValueError: contains the control character U+0000 at position 4; remove it
+    """
+    if bad := _UNTYPEABLE.search(value):
+        kind = "lone surrogate" if "\ud800" <= bad.group() <= "\udfff" else "control character"
+        raise ValueError(f"contains the {kind} U+{ord(bad.group()):04X} at position {bad.start()}; remove it")
+    return value
 
 
 def _not_blank(value: str) -> str:
@@ -22,7 +44,8 @@ def _not_blank(value: str) -> str:
     return value
 
 
-NonBlank = Annotated[str, AfterValidator(_not_blank)]
+Text = Annotated[str, AfterValidator(check_text)]
+NonBlank = Annotated[str, AfterValidator(check_text), AfterValidator(_not_blank)]
 
 
 class HistoryTurn(BaseModel):
@@ -31,7 +54,7 @@ class HistoryTurn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["user", "assistant"]
-    content: str = Field(max_length=MAX_TURN_CHARS)
+    content: Text = Field(max_length=MAX_TURN_CHARS)
 
 
 class AskRequest(BaseModel):
@@ -136,7 +159,7 @@ class ContentPart(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     type: str
-    text: str | None = None
+    text: Text | None = None
 
 
 class ChatMessage(BaseModel):
@@ -144,6 +167,13 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant"]
     content: str | list[ContentPart] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _clean(cls, value: str | list[ContentPart] | None) -> str | list[ContentPart] | None:
+        # Checked here, not with ``Text`` in the union: a failing str branch would let the
+        # union fall through and accept the string as it is.
+        return check_text(value) if isinstance(value, str) else value
 
     def plain_text(self) -> str:
         """The message's text; image and other non-text parts are ignored.

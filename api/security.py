@@ -29,35 +29,56 @@ _PUBLIC_PREFIXES = ("/static/",)
 
 
 def safe_filename(name: str | None) -> str:
-    """Reduce an uploaded file's name to a plain basename, or refuse it.
+    """Reduce an uploaded file's name to a plain basename (NFC), or refuse it.
 
-    Only the last path component is kept (either slash counts), so an upload
-    can never land outside the corpus folder.
+    A folder path, as old browsers send it, is dropped (either slash counts);
+    a name that tries to climb out with ``..`` is refused outright. Either way
+    an upload can never land outside the corpus folder.
 
-    >>> safe_filename("../../etc/notes.txt")
-    'notes.txt'
     >>> safe_filename("C:\\\\Users\\\\me\\\\report.pdf")
     'report.pdf'
+    >>> safe_filename("../../etc/notes.txt")
+    Traceback (most recent call last):
+    ...
+    rag.errors.InputError: File name '../../etc/notes.txt' points outside its folder ('..'); send the bare name.
     >>> safe_filename("docs/")
     Traceback (most recent call last):
     ...
     rag.errors.InputError: The upload has no file name; send the file with its name (e.g. notes.txt).
-    >>> safe_filename("..")
+    >>> safe_filename("con.txt")
     Traceback (most recent call last):
     ...
-    rag.errors.InputError: File name '..' is not allowed: names may not start with '.'; rename the file.
+    rag.errors.InputError: File name 'con.txt' is reserved on Windows (CON); rename the file.
     """
     # Split by hand rather than with pathlib, which would turn "dir/" into "dir" and "a/." into "a".
-    base = (name or "").replace("\\", "/").rsplit("/", 1)[-1].strip()
+    parts = (name or "").replace("\\", "/").split("/")
+    if any(part.strip() == ".." for part in parts):
+        raise InputError(f"File name {_shown(name or '')} points outside its folder ('..'); send the bare name.")
+    base = unicodedata.normalize("NFC", parts[-1].strip())
     if not base:
         raise InputError("The upload has no file name; send the file with its name (e.g. notes.txt).")
-    if any(unicodedata.category(ch) in ("Cc", "Cf", "Zl", "Zp") for ch in base):
+    # Cs: a lone surrogate, which no file system can store and no encoder accepts.
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Zl", "Zp") for ch in base):
         raise InputError("The file name contains control characters; rename the file.")
     if base.startswith("."):
-        raise InputError(f"File name {base!r} is not allowed: names may not start with '.'; rename the file.")
+        raise InputError(f"File name {_shown(base)} is not allowed: names may not start with '.'; rename the file.")
     if len(base.encode("utf-8")) > 255:
         raise InputError("The file name is longer than 255 bytes; rename the file.")
+    # The corpus folder may be copied to Windows, which cannot create these (whatever the extension).
+    stem = base.split(".", 1)[0].strip().upper()
+    if stem in _WINDOWS_RESERVED:
+        raise InputError(f"File name {_shown(base)} is reserved on Windows ({stem}); rename the file.")
     return base
+
+
+_WINDOWS_RESERVED = frozenset(
+    {"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(1, 10)), *(f"LPT{i}" for i in range(1, 10))}
+)
+
+
+def _shown(name: str) -> str:
+    """A name quoted for an error message, cut short so a 10 kB name cannot flood it."""
+    return repr(name) if len(name) <= 80 else repr(name[:77] + "...")
 
 
 def is_supported(filename: str) -> bool:

@@ -207,30 +207,63 @@ def html_to_text(markup: str) -> str:
     'Hi\\n\\na bold word\\n\\n1\\n2'
     """
     from bs4 import BeautifulSoup
-    from bs4.element import Comment, Declaration, Doctype, NavigableString, ProcessingInstruction
+    from bs4.element import Comment, Declaration, Doctype, ProcessingInstruction, Tag
 
     soup = BeautifulSoup(markup, "html.parser")
     title = soup.title.get_text(" ", strip=True) if soup.title else ""
-    for tag in soup.find_all(_INVISIBLE_TAGS):
-        tag.decompose()
-    for node in soup.find_all(string=True):
-        if isinstance(node, (Comment, Declaration, Doctype, ProcessingInstruction)):
-            node.extract()
-        elif node.find_parent("pre") is None:
+    # Which string types get_text() reads inside <pre> (where strings are taken as they are).
+    kept_types = tuple(soup.interesting_string_types or ())
+    pieces: list[str] = []
+    # One pass in document order with an explicit stack of the open elements. Inserting the
+    # breaks into the tree instead (insert_after) re-walks each element's subtree, which made a
+    # 300 kB page of nested tables cost minutes of CPU; this costs the same at any depth.
+    stack: list[Tag] = []
+    hidden = 0  # open elements whose content a browser never shows (script, style, ...)
+    in_pre = 0
+
+    def enter(tag: Tag) -> None:
+        nonlocal hidden, in_pre
+        if tag.name in _INVISIBLE_TAGS:
+            hidden += 1
+        elif not hidden:
+            if tag.name == "br":
+                pieces.append("\n")
+            elif tag.name in _PARAGRAPH_TAGS:
+                pieces.append("\n\n")
+            elif tag.name in _LINE_TAGS:
+                # A break before each item is enough: the enclosing list/table ends the block.
+                pieces.append("\n")
+        in_pre += tag.name == "pre"
+        stack.append(tag)
+
+    def leave() -> None:
+        nonlocal hidden, in_pre
+        tag = stack.pop()
+        in_pre -= tag.name == "pre"
+        if tag.name in _INVISIBLE_TAGS:
+            hidden -= 1
+        elif not hidden:
+            if tag.name in _PARAGRAPH_TAGS:
+                pieces.append("\n\n")
+            elif tag.name in _CELL_TAGS:
+                pieces.append(" ")
+
+    for node in soup.descendants:
+        while stack and stack[-1] is not node.parent:
+            leave()
+        if isinstance(node, Tag):
+            enter(node)
+        elif hidden or isinstance(node, (Comment, Declaration, Doctype, ProcessingInstruction)):
+            continue
+        elif in_pre:
+            if type(node) in kept_types:
+                pieces.append(str(node))
+        else:
             # Source line breaks are plain spaces to a browser; only <pre> keeps them.
-            node.replace_with(NavigableString(_SPACES.sub(" ", str(node))))
-    for tag in soup.find_all(True):
-        if tag.name == "br":
-            tag.replace_with(NavigableString("\n"))
-        elif tag.name in _PARAGRAPH_TAGS:
-            tag.insert_before(NavigableString("\n\n"))
-            tag.insert_after(NavigableString("\n\n"))
-        elif tag.name in _LINE_TAGS:
-            # A break before each item is enough: the enclosing list/table ends the block.
-            tag.insert_before(NavigableString("\n"))
-        elif tag.name in _CELL_TAGS:
-            tag.insert_after(NavigableString(" "))
-    body = soup.get_text()
+            pieces.append(_SPACES.sub(" ", str(node)))
+    while stack:
+        leave()
+    body = "".join(pieces)
     body = re.sub(r"[ \t]+", " ", _normalize_newlines(body))
     body = _MANY_NEWLINES.sub("\n\n", _LINE_EDGES.sub("\n", body)).strip()
     if title and not body.startswith(title):

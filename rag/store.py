@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from rag.errors import IndexFormatError
+from rag.errors import IndexFormatError, write_failed
 from rag.types import Chunk, DocInfo, Hit
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,7 @@ HNSW_EF_SEARCH = 64
 HNSW_EF_CONSTRUCTION = 80
 _VERSION_NAME = re.compile(r"^v-[0-9A-Za-z-]+$")
 REBUILD_HINT = "rebuild it with `rag ingest --rebuild`"
+WRITE_HINT = "run the command again (`rag ingest`, or the upload)"
 
 
 @dataclass(frozen=True)
@@ -354,8 +355,11 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
     Readers need no lock: they only ever see complete versions.
     """
     index_dir = Path(index_dir)
-    index_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise write_failed(exc, f"the index in {index_dir}", WRITE_HINT) from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -369,7 +373,9 @@ def save_index(index_dir: Path, manifest: Manifest, chunks: Sequence[Chunk], vec
 
     Call under ``writer_lock`` when other writers may run. ``manifest.index_version``,
     ``created_at`` and ``files`` are filled in here. Old versions and stale
-    temporary folders are removed once the new one is live.
+    temporary folders are removed once the new one is live. A failed write (a
+    full disk, say) raises ``StorageError`` after removing what it wrote, so the
+    previous version stays live and byte-identical.
     """
     import faiss
 
@@ -380,13 +386,14 @@ def save_index(index_dir: Path, manifest: Manifest, chunks: Sequence[Chunk], vec
     if manifest.index_type not in ("flat", "hnsw"):
         raise ValueError(f"resolve index_type before saving (got {manifest.index_type!r})")
 
-    index_dir.mkdir(parents=True, exist_ok=True)
     now = datetime.now(UTC)
     version = f"v-{now.strftime('%Y%m%dT%H%M%S%f')}-{secrets.token_hex(3)}"
     tmp = index_dir / f".tmp-{version}"
     folder = index_dir / version
-    tmp.mkdir()
+    pointer = index_dir / f"{CURRENT}.tmp"
     try:
+        index_dir.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
         faiss_index = build_faiss(vectors, manifest.index_type)
         files: dict[str, dict[str, Any]] = {}
         # Files first, manifest last (it carries their sizes and hashes).
@@ -398,20 +405,22 @@ def save_index(index_dir: Path, manifest: Manifest, chunks: Sequence[Chunk], vec
         files[FAISS] = _write_durably(tmp / FAISS, faiss.serialize_index(faiss_index).tobytes())
         final = replace(manifest, index_version=version, created_at=now.isoformat(timespec="seconds"), files=files)
         _write_durably(tmp / MANIFEST, json.dumps(final.to_json(), indent=1, ensure_ascii=False).encode("utf-8"))
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, folder)
-        _fsync_dir(index_dir)
+        fsync_dir(index_dir)
         # The switch: until this replace, CURRENT still names the previous version.
-        pointer = index_dir / f"{CURRENT}.tmp"
         _write_durably(pointer, (version + "\n").encode("ascii"))
         os.replace(pointer, index_dir / CURRENT)
-        _fsync_dir(index_dir)
-    except BaseException:
-        # Best effort; anything left behind is removed by the next writer's cleanup.
+        fsync_dir(index_dir)
+    except BaseException as exc:
+        # Best effort; anything left behind (after a kill -9, say) is removed by the next writer's cleanup.
         shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(Exception):
             if current_version(index_dir) != version:
                 shutil.rmtree(folder, ignore_errors=True)
+                pointer.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise write_failed(exc, f"the index in {index_dir}", WRITE_HINT) from exc
         raise
     log.info("index version %s is live (%d chunks, %s)", version, len(chunks), manifest.index_type)
     cleanup(index_dir)
@@ -462,7 +471,8 @@ def _write_durably(path: Path, data: bytes) -> dict[str, Any]:
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Flush a directory: a rename or a new file in it is durable only after this."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

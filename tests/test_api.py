@@ -273,7 +273,7 @@ def test_delete_doc_id_with_slashes_and_traversal(client: TestClient, fake: Fake
 
 @pytest.mark.parametrize(
     ("name", "stored"),
-    [("../../evil.txt", "evil.txt"), ("..\\..\\win.md", "win.md"), ("/abs/path/page.HTML", "page.HTML")],
+    [("C:\\Users\\me\\win.md", "win.md"), ("/abs/path/page.HTML", "page.HTML"), ("cafe\u0301.txt", "caf\u00e9.txt")],
 )
 def test_upload_keeps_only_the_basename(client: TestClient, fake: FakePipeline, name: str, stored: str) -> None:
     resp = client.post("/documents", files={"file": (name, b"Some text.", "text/plain")})
@@ -281,7 +281,21 @@ def test_upload_keeps_only_the_basename(client: TestClient, fake: FakePipeline, 
     assert fake.uploads == [stored]
 
 
-@pytest.mark.parametrize("name", [".hidden.txt", "..", "sub/.env.md", "bad\u202ename.txt", "dir/", "x" * 300 + ".txt"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        ".hidden.txt",
+        "..",
+        "../../evil.txt",
+        "..\\..\\win.md",
+        "sub/.env.md",
+        "bad\u202ename.txt",
+        "dir/",
+        "x" * 300 + ".txt",
+        "CON.txt",
+        "lpt1.md",
+    ],
+)
 def test_upload_rejects_bad_names(client: TestClient, fake: FakePipeline, name: str) -> None:
     assert_error(client.post("/documents", files={"file": (name, b"text", "text/plain")}), 400, "bad_input")
     assert fake.uploads == []

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import rag.store
-from rag.errors import IndexFormatError, InputError
+from rag.errors import IndexFormatError, InputError, StorageError
 from rag.ingest import IngestReport, add_or_update, ingest, remove
 from rag.loaders import load_bytes
 from rag.settings import Settings
@@ -256,7 +256,7 @@ def test_failure_during_write_leaves_previous_index_identical(
         return real(path, data)
 
     monkeypatch.setattr(rag.store, "_write_durably", fail_on_vectors)
-    with pytest.raises(OSError):
+    with pytest.raises(StorageError, match="Input/output error"):
         run(corpus, index_dir, CountingEmbedder(), settings)
     after = load_index(index_dir)
     assert after.version == before.version

@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import rag.store
-from rag.errors import IndexFormatError
+from rag.errors import IndexFormatError, StorageError
 from rag.store import (
     CURRENT,
     DocEntry,
@@ -277,7 +277,7 @@ def test_failure_while_saving_keeps_the_previous_version_and_cleans_up(
 
     monkeypatch.setattr(rag.store, "_write_durably", flaky)
     manifest, chunks, vectors = corpus(2, 2, seed=9)
-    with pytest.raises(OSError, match="No space"):
+    with pytest.raises(StorageError, match=r"disk full.*No space"):
         save_index(index_dir, manifest, chunks, vectors)
     assert load_index(index_dir).version == saved.version
     assert not [p for p in index_dir.iterdir() if p.name.startswith(".tmp-")]
