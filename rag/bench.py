@@ -35,19 +35,26 @@ def _timed(fn: Callable[[], Any], repeat: int) -> list[float]:
     return out
 
 
+def synthetic_passages(settings: Settings, passages: int) -> list[str]:
+    """``passages`` texts of ~100 words: shifted windows of the seed text (realistic words, no two alike)."""
+    words = " ".join(p.read_text(encoding="utf-8") for p in sorted(settings.corpus_dir.glob("*.txt"))).split()
+    out = []
+    for i in range(passages):
+        start = (i * 37) % max(1, len(words) - 100)
+        out.append(f"Passage {i}. " + " ".join(words[start : start + 100]))
+    return out
+
+
 def bench_ingest(settings: Settings, embedder: Any, passages: int) -> dict[str, float]:
     """Embed ``passages`` seed-derived passages of ~100 words, then build and load an index."""
     from rag.ingest import ingest
     from rag.store import load_index
 
-    words = " ".join(p.read_text(encoding="utf-8") for p in sorted(settings.corpus_dir.glob("*.txt"))).split()
     with tempfile.TemporaryDirectory() as tmp:
         corpus = Path(tmp) / "corpus"
         corpus.mkdir()
-        # Shifted windows of the seed text: realistic words, no two passages alike.
-        for i in range(passages):
-            start = (i * 37) % max(1, len(words) - 100)
-            (corpus / f"p{i:05d}.txt").write_text(f"Passage {i}. " + " ".join(words[start : start + 100]))
+        for i, text in enumerate(synthetic_passages(settings, passages)):
+            (corpus / f"p{i:05d}.txt").write_text(text)
         local = settings.model_copy(update={"corpus_dir": corpus, "index_dir": Path(tmp) / "index"})
         t = time.perf_counter()
         report = ingest(corpus, local.index_dir, embedder, local, progress=False)
@@ -58,6 +65,26 @@ def bench_ingest(settings: Settings, embedder: Any, passages: int) -> dict[str, 
         "ingest_chunks": float(report.chunks_embedded),
         "index_load_s": min(load),
     }
+
+
+def bench_backends(settings: Settings, passages: int, loaded: dict[str, Any], rounds: int = 2) -> dict[str, float]:
+    """Ingest speed of every embedding backend on the same passages, interleaved so each round
+    sees the same machine load; the best round counts. ``loaded`` maps backend -> embedder to reuse."""
+    from rag.embedding import load_embedder
+
+    backends = ("torch", "onnx", "onnx-int8")
+    embedders = {b: loaded.get(b) or load_embedder(settings.model_copy(update={"embed_backend": b})) for b in backends}
+    best = dict.fromkeys(backends, 0.0)
+    for _ in range(rounds):
+        for b in backends:
+            best[b] = max(best[b], bench_ingest(settings, embedders[b], passages)["ingest_passages_per_s"])
+    out = {}
+    for b in backends:
+        key = b.replace("-", "_")
+        out[f"ingest_passages_per_s_{key}"] = best[b]
+        if b != "torch":
+            out[f"ingest_speedup_{key}"] = best[b] / best["torch"]
+    return out
 
 
 def bench_scale(sizes: list[int], dim: int, queries: int = 200) -> dict[str, float]:
@@ -149,7 +176,9 @@ def bench_answers(settings: Settings, pipeline: Any, questions: list[str]) -> di
     return out
 
 
-def run_bench(settings: Settings, *, passages: int, sizes: list[int], questions: int) -> dict[str, float]:
+def run_bench(
+    settings: Settings, *, passages: int, sizes: list[int], questions: int, backends: bool = False
+) -> dict[str, float]:
     from rag.embedding import load_embedder
     from rag.evaluation import load_gold
     from rag.ingest import ingest
@@ -157,7 +186,10 @@ def run_bench(settings: Settings, *, passages: int, sizes: list[int], questions:
 
     figures: dict[str, float] = {}
     embedder = load_embedder(settings)
+    # ingest_passages_per_s is the configured backend's (RAG_EMBED_BACKEND); --backends adds all three.
     figures.update(bench_ingest(settings, embedder, passages))
+    if backends:
+        figures.update(bench_backends(settings, passages, {settings.embed_backend: embedder}))
     qlat = _timed(lambda: embedder.embed(["Which port were the munitions shipped from?"]), 20)
     figures["query_embed_ms_p50"] = _p([x * 1000 for x in qlat], 50)
     figures.update(bench_scale(sizes, embedder.dim))

@@ -181,11 +181,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
-    figures = run_bench(settings, passages=args.passages, sizes=sizes, questions=args.questions)
+    figures = run_bench(settings, passages=args.passages, sizes=sizes, questions=args.questions, backends=args.backends)
     missed = check_targets(figures, args.targets)
     if args.json:
-        _print_json({k: round(v, 4) for k, v in figures.items()})
+        _print_json({"embed_backend": settings.embed_backend, **{k: round(v, 4) for k, v in figures.items()}})
     else:
+        print(f"{'embed_backend':36s} {settings.embed_backend:>12s}")
         for name, value in figures.items():
             print(f"{name:36s} {value:12.3f}")
     for line in missed:
@@ -242,6 +243,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--passages", type=int, default=500, help="synthetic passages to ingest")
     p.add_argument("--sizes", default="10000,100000", help="chunk counts for the retrieval scale test")
     p.add_argument("--questions", type=int, default=10, help="gold questions to answer (0 = skip the generator)")
+    p.add_argument("--backends", action="store_true", help="also ingest the same passages with every embedding backend")
     p.add_argument("--targets", type=Path, default=Path("eval/bench_targets.json"))
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
     return parser

