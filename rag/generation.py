@@ -11,6 +11,7 @@ stays cheap and tests with fakes never load them.
 
 from __future__ import annotations
 
+import ctypes
 import math
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -30,11 +31,23 @@ class Generator(Protocol):
     #: Model id recorded in each answer's provenance (name + short hash).
     id: str
 
-    def stream(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[str]:
-        """Yield the reply to ``messages`` piece by piece (greedy, deterministic)."""
+    def stream(self, messages: Sequence[Message], *, max_tokens: int, avoid: str = "") -> Iterator[str]:
+        """Yield the reply to ``messages`` piece by piece (greedy, deterministic).
+
+        ``avoid``: a reply the caller has ruled out (e.g. "NOT FOUND"); backends that can
+        bar its first token do, so the model gives its best other reply instead.
+        """
         ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+class StartScorer(Protocol):
+    """A model that can tell how likely its reply is to start a certain way, before writing it."""
+
+    def start_probability(self, messages: Sequence[Message], text: str) -> float:
+        """P(the assistant's first reply token is the first token of ``text``), over the whole vocabulary."""
+        ...
 
 
 class YesNoJudge(Protocol):
@@ -87,6 +100,21 @@ def two_way_softmax(logits: Sequence[float], yes_ids: Sequence[int], no_ids: Seq
         e = math.exp(-diff)
         return e / (1.0 + e)
     return 1.0 / (1.0 + math.exp(diff))
+
+
+def start_mass(logits: Any, ids: Sequence[int]) -> float:
+    """Softmax probability mass of ``ids`` in one row of logits (stable for large logits).
+
+    >>> round(start_mass([0.0, 0.0, 1000.0, 1000.0], [2]), 4)
+    0.5
+    >>> start_mass([1.0, 2.0], [])
+    0.0
+    """
+    import numpy as np
+
+    row = np.asarray(logits, dtype=np.float64)
+    weights = np.exp(row - row.max())
+    return float(weights[list(ids)].sum() / weights.sum()) if len(ids) else 0.0
 
 
 def plain_chat_prompt(messages: Sequence[Message]) -> str:
@@ -165,13 +193,20 @@ class LlamaCppGenerator:
             return self._llm._model.token_get_text(token_id) if token_id != -1 else ""
 
         eos_id = self._llm.token_eos()
-        self._formatter = Jinja2ChatFormatter(
-            template=template,
-            eos_token=token_text(eos_id),
-            bos_token=token_text(self._llm.token_bos()),
-            stop_token_ids=[eos_id],
+        self._formatter, self._prefix_formatter = (
+            Jinja2ChatFormatter(
+                template=template,
+                eos_token=token_text(eos_id),
+                bos_token=token_text(self._llm.token_bos()),
+                stop_token_ids=[eos_id],
+                add_generation_prompt=opened,
+            )
+            for opened in (True, False)
         )
         self._yes_ids, self._no_ids = yes_no_token_ids(self._encode)
+        #: A prompt prefix evaluated once and set aside (tokens, KV cache bytes); see ``keep_prefix``.
+        self._kept: tuple[list[int], bytes] | None = None
+        self.prefix_resumes = 0  # times the kept prefix was put back (for tests and tuning)
 
     def close(self) -> None:
         """Free the model's memory now instead of at garbage collection."""
@@ -188,6 +223,51 @@ class LlamaCppGenerator:
         result = self._formatter(messages=list(messages))  # type: ignore[arg-type]
         return list(self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True))
 
+    def keep_prefix(self, messages: Sequence[Message]) -> int:
+        """Evaluate ``messages`` (the fixed start of many prompts) now and keep its KV cache aside.
+
+        llama.cpp reuses only the prefix shared with the *previous* call, so one rewrite or
+        judge prompt in between would make the next answer re-read the whole fixed prefix
+        (system message and worked examples: ~7 s for the 1.5B on 2 cores). With the prefix
+        kept, a prompt that starts with it resumes from the copy instead. Also warms the
+        model up at start. Returns the prefix length in tokens.
+        """
+        llama_cpp = self._llama_cpp
+        with self._lock:
+            result = self._prefix_formatter(messages=list(messages))  # type: ignore[arg-type]
+            tokens = list(
+                self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+            )
+            self._check_fits(tokens)
+            self._llm.reset()
+            self._llm.eval(tokens)
+            size = llama_cpp.llama_state_seq_get_size(self._llm.ctx, 0)
+            buffer = (ctypes.c_uint8 * size)()
+            written = llama_cpp.llama_state_seq_get_data(self._llm.ctx, buffer, size, 0)
+            self._kept = (tokens, bytes(buffer)[:written])
+            return len(tokens)
+
+    def _resume_kept(self, prompt: list[int]) -> None:
+        """Put the kept prefix back in the KV cache when ``prompt`` starts with it and the cache lost it."""
+        if self._kept is None:
+            return
+        tokens, data = self._kept
+        llm = self._llm
+        if not self.reuse_cache or prompt[: len(tokens)] != tokens or len(prompt) <= len(tokens):
+            return
+        if list(llm.input_ids[: min(llm.n_tokens, len(tokens))]) == tokens:
+            return  # still there from the previous call
+        llm.reset()
+        llm._ctx.kv_cache_clear()
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
+        if self._llama_cpp.llama_state_seq_set_data(llm.ctx, buffer, len(data), 0) != len(data):
+            llm.reset()  # could not restore: evaluate in full, as without a kept prefix
+            llm._ctx.kv_cache_clear()
+            return
+        llm.input_ids[: len(tokens)] = tokens
+        llm.n_tokens = len(tokens)
+        self.prefix_resumes += 1
+
     def _check_fits(self, prompt: list[int]) -> None:
         if len(prompt) >= self.n_ctx:
             raise InputError(
@@ -195,14 +275,17 @@ class LlamaCppGenerator:
                 "Ask a shorter question, use fewer passages (RAG_TOP_K) or raise RAG_N_CTX."
             )
 
-    def stream(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[str]:
+    def stream(self, messages: Sequence[Message], *, max_tokens: int, avoid: str = "") -> Iterator[str]:
         with self._lock:
             prompt = self.prompt_tokens(messages)
             self._check_fits(prompt)
+            # A strongly negative bias bars the ruled-out reply's first token (greedy then takes the next best).
+            bias = {t: -1e4 for t in self._start_ids(avoid)} if avoid else None
             self.last_prompt_tokens = len(prompt)
             self.last_completion_tokens = 0
             if not self.reuse_cache:
                 self._llm.reset()
+            self._resume_kept(prompt)
             finish: str | None = None
             # The same call create_chat_completion makes after applying the GGUF's template;
             # temperature 0 + top_k 1 = greedy, so the seed only matters if that changes.
@@ -215,6 +298,7 @@ class LlamaCppGenerator:
                     top_k=1,
                     repeat_penalty=1.0,
                     seed=self.seed,
+                    logit_bias=bias,
                     stop=[self._formatter.eos_token] if self._formatter.eos_token else [],
                     stream=True,
                 ),
@@ -232,33 +316,54 @@ class LlamaCppGenerator:
                 evaluated = self._llm.n_tokens - len(prompt)
                 self.last_completion_tokens = max(0, evaluated if finish == "stop" else evaluated + 1)
 
+    def _start_ids(self, text: str) -> list[int]:
+        """First token ids of ``text`` as a reply would begin it (bare, or after a space)."""
+        return sorted({ids[0] for v in (text, " " + text) if (ids := self._encode(v))})
+
+    def _next_logits(self, messages: Sequence[Message]) -> Any:
+        """Evaluate the prompt for ``messages``; the logits row of the reply's first token (a numpy view).
+
+        Call with the lock held. The evaluated prompt stays in the KV cache, so a ``stream``
+        of the same messages right after re-evaluates one token, not the prompt.
+        """
+        import numpy as np
+
+        tokens = self.prompt_tokens(messages)
+        self._check_fits(tokens)
+        self._resume_kept(tokens)
+        llm = self._llm
+        # Reuse the KV cache for the prefix shared with the previous call (same logic as
+        # Llama.generate); always re-evaluate at least one token so the logits are fresh.
+        shared = 0
+        for a, b in zip(llm.input_ids[: llm.n_tokens], tokens, strict=False):
+            if a != b:
+                break
+            shared += 1
+        shared = min(shared, len(tokens) - 1) if self.reuse_cache else 0
+        if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+            llm.n_tokens = shared
+        else:
+            llm.reset()
+            shared = 0
+        llm.eval(tokens[shared:])
+        # With logits_all=False the wrapper keeps no logits; the context still holds the
+        # last token's row, which is the only one we need.
+        row = self._llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+        return np.ctypeslib.as_array(row, shape=(llm.n_vocab(),))
+
     def yes_probability(self, messages: Sequence[Message]) -> float:
         """P("Yes") against P("No") as the assistant's first token after ``messages``."""
         with self._lock:
-            tokens = self.prompt_tokens(messages)
-            self._check_fits(tokens)
-            llm = self._llm
-            # Reuse the KV cache for the prefix shared with the previous call (same logic as
-            # Llama.generate); always re-evaluate at least one token so the logits are fresh.
-            shared = 0
-            for a, b in zip(llm.input_ids[: llm.n_tokens], tokens, strict=False):
-                if a != b:
-                    break
-                shared += 1
-            shared = min(shared, len(tokens) - 1) if self.reuse_cache else 0
-            if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
-                llm.n_tokens = shared
-            else:
-                llm.reset()
-                shared = 0
-            llm.eval(tokens[shared:])
-            # With logits_all=False the wrapper keeps no logits; the context still holds the
-            # last token's row, which is the only one we need.
-            row = self._llama_cpp.llama_get_logits_ith(llm.ctx, -1)
+            row = self._next_logits(messages)
             ids = (*self._yes_ids, *self._no_ids)
             logits = [float(row[t]) for t in ids]
             n_yes = len(self._yes_ids)
             return two_way_softmax(logits, range(n_yes), range(n_yes, len(ids)))
+
+    def start_probability(self, messages: Sequence[Message], text: str) -> float:
+        """P(the reply starts with ``text``'s first token), softmax over the whole vocabulary."""
+        with self._lock:
+            return start_mass(self._next_logits(messages), self._start_ids(text))
 
 
 class TransformersGenerator:
@@ -311,7 +416,7 @@ class TransformersGenerator:
         # The template already holds any special tokens the model expects.
         return self._tokenizer(self.format_prompt(messages), return_tensors="pt", add_special_tokens=False)
 
-    def stream(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[str]:
+    def stream(self, messages: Sequence[Message], *, max_tokens: int, avoid: str = "") -> Iterator[str]:
         from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
 
         torch = self._torch
@@ -328,6 +433,8 @@ class TransformersGenerator:
                 def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> bool:
                     return abandoned.is_set()
 
+            # Bar only the first reply token (begin_suppress_tokens), as the llama backend does.
+            barred = {"begin_suppress_tokens": self._start_ids(avoid)} if avoid else {}
             pad_id = self._tokenizer.pad_token_id
             if pad_id is None:
                 pad_id = self._tokenizer.eos_token_id
@@ -343,6 +450,7 @@ class TransformersGenerator:
                             streamer=streamer,
                             pad_token_id=pad_id,
                             stopping_criteria=StoppingCriteriaList([_StopWhenAbandoned()]),
+                            **barred,
                         )
                     self.last_completion_tokens = int(out.shape[1]) - prompt_len
                 except BaseException as exc:
@@ -361,12 +469,21 @@ class TransformersGenerator:
             if failure:
                 raise ModelError(f"Generation failed: {failure[0]}") from failure[0]
 
-    def yes_probability(self, messages: Sequence[Message]) -> float:
-        """P("Yes") against P("No") as the assistant's first token after ``messages``."""
+    def _start_ids(self, text: str) -> list[int]:
+        return sorted({ids[0] for v in (text, " " + text) if (ids := self._encode(v))})
+
+    def _next_logits(self, messages: Sequence[Message]) -> list[float]:
         torch = self._torch
         with self._lock, torch.inference_mode():
-            logits = self._model(**self._inputs(messages)).logits[0, -1].tolist()
-        return two_way_softmax(logits, self._yes_ids, self._no_ids)
+            return list(self._model(**self._inputs(messages)).logits[0, -1].tolist())
+
+    def yes_probability(self, messages: Sequence[Message]) -> float:
+        """P("Yes") against P("No") as the assistant's first token after ``messages``."""
+        return two_way_softmax(self._next_logits(messages), self._yes_ids, self._no_ids)
+
+    def start_probability(self, messages: Sequence[Message], text: str) -> float:
+        """P(the reply starts with ``text``'s first token), softmax over the whole vocabulary."""
+        return start_mass(self._next_logits(messages), self._start_ids(text))
 
 
 def load_generator(settings: Settings) -> Generator:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -21,10 +22,10 @@ from pathlib import Path
 
 from rag.citations import verify
 from rag.embedding import Embedder
-from rag.errors import InputError, RagError
+from rag.errors import InputError, RagError, write_failed
 from rag.focus import focus
 from rag.generation import Generator
-from rag.prompting import NOT_FOUND, answer_messages, judge_messages, rewrite_messages
+from rag.prompting import NOT_FOUND, answer_messages, answer_prefix, judge_messages, rewrite_messages
 from rag.rerank import Reranker
 from rag.retrieval import Retrieved, Retriever
 from rag.settings import Settings
@@ -59,6 +60,10 @@ class Pipeline:
             candidates=settings.candidates,
             rrf_k=settings.rrf_k,
         )
+        keep_prefix = getattr(generator, "keep_prefix", None)
+        if keep_prefix is not None:
+            # Every answer prompt starts the same: have the model read that once, now.
+            keep_prefix(answer_prefix())
 
     # ------------------------------------------------------------------ retrieval
 
@@ -150,16 +155,31 @@ class Pipeline:
             log.info("answer abstained=%s reason=%s raw=%r", abstained, reason, raw)
             return result
 
-        if self._below_gate(retrieved):
+        if self._below_gate(retrieved) or not passages:
             yield REFUSAL
-            yield finish(REFUSAL, True, "", "no passage is close enough to the question")
+            why = (
+                "no passage is close enough to the question" if passages else "no passage is usable (only instructions)"
+            )
+            yield finish(REFUSAL, True, "", why)
             return
 
         t2 = time.perf_counter()
+        # The model's own signal first: how likely it is to reply NOT FOUND (one prompt pass,
+        # which the generation below reuses from the KV cache). Above the calibrated bar it is
+        # a refusal; below it, NOT FOUND is barred so that a near-tie never reads as a refusal.
+        p_missing = self._p_not_found(messages)
+        if p_missing is not None:
+            timings["refusal_check_s"] = time.perf_counter() - t2
+            if p_missing >= s.refuse_at:
+                yield REFUSAL
+                why = f"the model finds no answer in the passages (p={p_missing:.2f} >= {s.refuse_at})"
+                yield replace(finish(REFUSAL, True, "", why), confidence=round(1 - p_missing, 4))
+                return
         raw = ""
-        # Small models sometimes answer a bare NOT FOUND; hold it back rather than stream it.
+        # Without that signal small models sometimes answer a bare NOT FOUND; hold it back rather than stream it.
         held: str | None = ""  # None once the reply is known not to be NOT FOUND
-        for piece in self.generator.stream(messages, max_tokens=s.max_new_tokens):
+        avoid = NOT_FOUND if p_missing is not None else ""
+        for piece in self.generator.stream(messages, max_tokens=s.max_new_tokens, avoid=avoid):
             if not raw:
                 timings["first_token_s"] = time.perf_counter() - t0
             raw += piece
@@ -180,9 +200,11 @@ class Pipeline:
         checked = verify(raw, standalone, passages, min_overlap=s.min_support)
         # Judge the verified text, not the raw draft: a bare "[1]" draft tells the model nothing.
         confidence = self._judge(messages, checked.supported_text) if checked.citations else None
+        if confidence is None and p_missing is not None:
+            confidence = round(1 - p_missing, 4)  # the model's own P(the passages hold an answer)
         timings["verify_s"] = time.perf_counter() - t3
         timings["total_s"] = time.perf_counter() - t0
-        if checked.citations and confidence is not None and confidence < s.min_judge:
+        if checked.citations and confidence is not None and s.min_judge > 0 and confidence < s.min_judge:
             why = f"the cited passages do not state the answer (judge p={confidence:.2f})"
             answer = finish(REFUSAL, True, raw, why)
             yield replace(answer, sentences=checked.sentences, confidence=confidence)
@@ -204,6 +226,13 @@ class Pipeline:
             draft=raw,
             confidence=confidence,
         )
+
+    def _p_not_found(self, messages: Sequence[dict[str, str]]) -> float | None:
+        """The generator's P(its reply starts NOT FOUND); None when it cannot say or the check is off."""
+        scorer = getattr(self.generator, "start_probability", None)
+        if scorer is None or self.settings.refuse_at >= 1:
+            return None
+        return float(scorer(messages, NOT_FOUND))
 
     def _judge(self, messages: Sequence[dict[str, str]], draft: str) -> float | None:
         """The generator's own P(yes) that its draft is stated in the passages; None when it cannot judge."""
@@ -237,16 +266,31 @@ class Pipeline:
         return self._retriever.index.documents()
 
     def add_document(self, filename: str, data: bytes) -> DocInfo:
-        """Save into the corpus folder and index incrementally; searchable on return."""
+        """Save into the corpus folder and index incrementally; searchable and durable on return.
+
+        Order matters for a crash (kill -9) or a full disk at any point: the file is
+        staged (written and fsynced under a hidden name), the index commits, and only
+        then does the file take its name. A failure before the commit leaves the corpus
+        and the index as they were; the caller acknowledges the upload only after this
+        returns, so an acknowledged upload is in both.
+        """
         from rag.ingest import add_or_update
         from rag.loaders import load_bytes
+        from rag.store import WRITE_HINT, fsync_dir
 
         doc = load_bytes(filename, data)  # validates type and content before anything is written
         corpus = self.settings.corpus_dir
         target = _safe_path(corpus, doc.id)
         with self._lock:
-            _atomic_write(target, data)
-            index = add_or_update(self.settings.index_dir, doc, self.embedder, self.settings)
+            staged = _stage(target, data)
+            try:
+                index = add_or_update(self.settings.index_dir, doc, self.embedder, self.settings)
+                os.replace(staged, target)
+                fsync_dir(target.parent)
+            except OSError as exc:
+                raise write_failed(exc, f"the upload to {corpus}", WRITE_HINT) from exc
+            finally:
+                staged.unlink(missing_ok=True)
             self._swap(index)
         return next(d for d in index.documents() if d.doc_id == doc.id)
 
@@ -295,16 +339,25 @@ def _safe_path(root: Path, name: str) -> Path:
     return target
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    import os
+def _stage(path: Path, data: bytes) -> Path:
+    """Write ``data`` durably beside ``path`` under a hidden name (ingest skips hidden files); returns it.
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    The name is a hash of the target's, so it never outgrows the file-name limit and
+    a retry after a crash overwrites the leftover instead of adding another.
+    """
+    from rag.store import WRITE_HINT
+
+    tmp = path.with_name(f".upload-{hashlib.sha256(path.name.encode()).hexdigest()[:16]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise write_failed(exc, f"the upload to {path.parent}", WRITE_HINT) from exc
+    return tmp
 
 
 def build_pipeline(

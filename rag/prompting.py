@@ -14,10 +14,23 @@ from rag.types import Hit, Turn
 NOT_FOUND = "NOT FOUND"
 
 ANSWER_SYSTEM = (
-    "Answer the question using only the numbered passages. "
-    "Reply with one short sentence that ends with the number of the passage it comes from "
-    "in square brackets, like [1]. "
-    "Copy names, numbers and dates exactly as written in the passages."
+    "Answer the question using only the numbered passages. Reply with one short sentence "
+    "that answers it directly and ends with the number of the passage it comes from in square brackets. "
+    "Copy names, numbers and dates exactly as written. "
+    f"If the passages do not state the answer, reply {NOT_FOUND}."
+)
+
+# Two worked examples after the system message: one answer, one NOT FOUND. Told only in
+# words, the 1.5B replied with a bare "[1]" to most questions; shown, it answers in a few
+# words with a marker. They sit in the fixed prompt prefix, so llama.cpp evaluates them once
+# and reuses them for every question (see LlamaCppGenerator).
+_EXAMPLE_PASSAGES = (
+    "[1] The bridge opened in March 1932 after eight years of work.\n\n"
+    "[2] Its steel arch, designed by Ralph Freeman, spans 503 metres."
+)
+EXAMPLES: tuple[tuple[str, str, str], ...] = (
+    (_EXAMPLE_PASSAGES, "How long is the arch of the bridge?", "The arch spans 503 metres [2]."),
+    (_EXAMPLE_PASSAGES, "How much did the bridge cost to build?", NOT_FOUND),
 )
 
 REWRITE_SYSTEM = (
@@ -48,9 +61,25 @@ def passage_block(hits: Sequence[Hit]) -> str:
     return "\n\n".join(lines)
 
 
+def _ask(passages: str, question: str) -> Message:
+    return {"role": "user", "content": f"Passages:\n{passages}\n\nQuestion: {question}"}
+
+
+def answer_prefix() -> list[Message]:
+    """The fixed start of every answer prompt: the system message and the worked examples."""
+    shots: list[Message] = []
+    for passages, q, a in EXAMPLES:
+        shots += [_ask(passages, q), {"role": "assistant", "content": a}]
+    return [{"role": "system", "content": ANSWER_SYSTEM}, *shots]
+
+
 def answer_messages(question: str, hits: Sequence[Hit]) -> list[Message]:
-    user = f"Passages:\n{passage_block(hits)}\n\nQuestion: {question}"
-    return [{"role": "system", "content": ANSWER_SYSTEM}, {"role": "user", "content": user}]
+    """The fixed prefix, then this question's passages.
+
+    >>> [m["role"] for m in answer_messages("Q?", [])]
+    ['system', 'user', 'assistant', 'user', 'assistant', 'user']
+    """
+    return [*answer_prefix(), _ask(passage_block(hits), question)]
 
 
 def rewrite_messages(question: str, history: Sequence[Turn], max_turns: int = 6) -> list[Message]:

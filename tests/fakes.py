@@ -42,11 +42,25 @@ class FakeGenerator:
     def __init__(self, reply: Callable[[Sequence[Message]], str]) -> None:
         self.reply = reply
         self.calls: list[list[Message]] = []
+        self.avoided: list[str] = []
 
-    def stream(self, messages: Sequence[Message], *, max_tokens: int) -> Iterator[str]:
+    def stream(self, messages: Sequence[Message], *, max_tokens: int, avoid: str = "") -> Iterator[str]:
         self.calls.append(list(messages))
+        self.avoided.append(avoid)
         text = self.reply(messages)
         yield from re.findall(r"\S+\s*", text)
 
     def count_tokens(self, text: str) -> int:
         return len(text.split())
+
+
+class ScoringFakeGenerator(FakeGenerator):
+    """A FakeGenerator that also states its P(reply starts NOT FOUND), like the llama backend."""
+
+    def __init__(self, reply: Callable[[Sequence[Message]], str], p_not_found: float) -> None:
+        super().__init__(reply)
+        self.p_not_found = p_not_found
+
+    def start_probability(self, messages: Sequence[Message], text: str) -> float:
+        self.calls.append(list(messages))
+        return self.p_not_found if text == "NOT FOUND" else 0.0

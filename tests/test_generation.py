@@ -153,6 +153,15 @@ def test_yes_probability_is_a_deterministic_probability(chat_gen: TransformersGe
     assert chat_gen.yes_probability([{"role": "user", "content": "a dog ran"}]) != p
 
 
+def test_an_avoided_start_is_never_the_first_token(chat_gen: TransformersGenerator) -> None:
+    free = _reply(chat_gen, 6)
+    first_word = free.split()[0]
+    p = chat_gen.start_probability(MESSAGES, first_word)
+    assert 0.0 < p <= 1.0 and p == chat_gen.start_probability(MESSAGES, first_word)
+    barred = "".join(chat_gen.stream(MESSAGES, max_tokens=6, avoid=first_word))
+    assert barred and not barred.startswith(first_word)
+
+
 def test_id_is_the_folder_name(chat_gen: TransformersGenerator, chat_dir: Path) -> None:
     assert chat_gen.id == chat_dir.name
 

@@ -79,6 +79,42 @@ def test_yes_probability_prefers_the_relevant_passage(generator: LlamaCppGenerat
     assert again == pytest.approx(relevant, abs=0.02)
 
 
+def test_not_found_probability_tells_missing_answers_apart(generator: LlamaCppGenerator) -> None:
+    from rag.prompting import NOT_FOUND, answer_messages
+    from rag.types import Chunk, Hit
+
+    passage = Hit(Chunk("d#0", "d.txt", "The Blue Harbor library opens at 7:15; its door code is 4417.", 0, 61), 1.0)
+    stated = answer_messages("What is the door code of the Blue Harbor library?", [passage])
+    missing = answer_messages("Who founded the Blue Harbor library?", [passage])
+    p_stated, p_missing = (generator.start_probability(m, NOT_FOUND) for m in (stated, missing))
+    assert p_stated < 0.5 < p_missing, (p_stated, p_missing)
+    # Barred, the model gives its best other reply; the prompt is not evaluated again.
+    reply = "".join(generator.stream(missing, max_tokens=20, avoid=NOT_FOUND))
+    assert reply.strip() and not reply.startswith("NOT")
+    assert "4417" in "".join(generator.stream(stated, max_tokens=20, avoid=NOT_FOUND))
+
+
+def test_a_kept_prefix_comes_back_after_other_prompts(generator: LlamaCppGenerator) -> None:
+    from rag.prompting import answer_messages, answer_prefix
+    from rag.types import Chunk, Hit
+
+    passage = Hit(Chunk("d#0", "d.txt", "The Blue Harbor library opens at 7:15; its door code is 4417.", 0, 61), 1.0)
+    question = answer_messages("What is the door code of the Blue Harbor library?", [passage])
+    generator.reuse_cache = False
+    try:
+        fresh = "".join(generator.stream(question, max_tokens=20))  # evaluated from scratch
+    finally:
+        generator.reuse_cache = True
+    n = generator.keep_prefix(answer_prefix())
+    assert generator.prompt_tokens(question)[:n] == generator.prompt_tokens(answer_prefix())[:n]
+    before = generator.prefix_resumes
+    list(generator.stream(FACT_QUESTION, max_tokens=5))  # another prompt takes the cache
+    assert "".join(generator.stream(question, max_tokens=20)) == fresh
+    assert generator.prefix_resumes == before + 1
+    assert "".join(generator.stream(question, max_tokens=20)) == fresh  # straight after: cache still holds it
+    assert generator.prefix_resumes == before + 1
+
+
 def test_without_cache_reuse_results_are_bit_identical(generator: LlamaCppGenerator) -> None:
     generator.reuse_cache = False
     try:

@@ -15,7 +15,7 @@ from rag.ingest import ingest
 from rag.pipeline import REFUSAL, Pipeline
 from rag.settings import Settings
 from rag.types import Answer, Turn
-from tests.fakes import FakeEmbedder, FakeGenerator
+from tests.fakes import FakeEmbedder, FakeGenerator, ScoringFakeGenerator
 
 SEEDS = Path(__file__).resolve().parents[1] / "seeds"
 
@@ -169,4 +169,31 @@ def test_self_check_below_threshold_abstains(settings: Settings, p_yes: float, a
     assert answer.confidence == p_yes
     # The check continues the answering conversation, so the model's cache of the passages is reused.
     (judged,) = gen.judged
-    assert judged[:2] == gen.calls[-1] and judged[2]["role"] == "assistant"
+    assert judged[:-2] == gen.calls[-1] and judged[-2]["role"] == "assistant"
+
+
+@pytest.mark.parametrize(("p_missing", "abstained"), [(0.9, True), (0.5, True), (0.2, False)])
+def test_the_models_own_not_found_probability_decides_refusals(
+    settings: Settings, p_missing: float, abstained: bool
+) -> None:
+    base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
+    gen = ScoringFakeGenerator(base.reply, p_missing)
+    pipeline = Pipeline(settings.model_copy(update={"refuse_at": 0.5}), FakeEmbedder(), gen)
+    answer = pipeline.ask("Which port were the munitions shipped from?")
+    assert answer.abstained is abstained
+    assert answer.confidence == round(1 - p_missing, 4)
+    if abstained:
+        assert answer.text == REFUSAL and answer.citations == () and gen.avoided == []
+        assert "finds no answer" in answer.notes[0]
+    else:
+        # Below the bar NOT FOUND is barred, so the model gives its best answer instead.
+        assert gen.avoided == ["NOT FOUND"] and "Rason" in answer.text
+
+
+def test_refuse_at_one_turns_the_check_off(settings: Settings) -> None:
+    base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
+    gen = ScoringFakeGenerator(base.reply, 0.99)
+    answer = Pipeline(settings.model_copy(update={"refuse_at": 1.0}), FakeEmbedder(), gen).ask(
+        "Which port were the munitions shipped from?"
+    )
+    assert not answer.abstained and gen.avoided == [""]
