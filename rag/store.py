@@ -48,9 +48,12 @@ MANIFEST = "manifest.json"
 CHUNKS = "chunks.jsonl"
 VECTORS = "vectors.npy"
 FAISS = "faiss.index"
+# Measured at 100k synthetic clustered vectors, 2 cores (M=32, efConstruction=200, build 101 s):
+# efSearch 64 -> recall@10 0.62 (p95 1.4 ms); 256 -> 0.946 (3.6 ms); 512 -> 0.988 (6.8 ms);
+# 1024 -> 0.998 (10.6 ms). 512 is the first to clear 0.95 with room, well under 20 ms.
 HNSW_M = 32
-HNSW_EF_SEARCH = 64
-HNSW_EF_CONSTRUCTION = 80
+HNSW_EF_SEARCH = 512
+HNSW_EF_CONSTRUCTION = 200
 _VERSION_NAME = re.compile(r"^v-[0-9A-Za-z-]+$")
 REBUILD_HINT = "rebuild it with `rag ingest --rebuild`"
 WRITE_HINT = "run the command again (`rag ingest`, or the upload)"

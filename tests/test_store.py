@@ -18,6 +18,7 @@ import rag.store
 from rag.errors import IndexFormatError, StorageError
 from rag.store import (
     CURRENT,
+    HNSW_EF_SEARCH,
     DocEntry,
     Index,
     Manifest,
@@ -99,16 +100,17 @@ def test_flat_search_is_exact_cosine_ranking(tmp_path: Path) -> None:
 
 
 def test_hnsw_finds_the_exact_neighbours_on_a_small_index(tmp_path: Path) -> None:
-    manifest, chunks, vectors = corpus(10, 50, seed=3, index_type="hnsw")
+    manifest, chunks, vectors = corpus(12, 50, seed=3, index_type="hnsw")
     hnsw = save_index(tmp_path / "h", manifest, chunks, vectors)
-    flat_manifest, _, _ = corpus(10, 50, seed=3, index_type="flat")
+    flat_manifest, _, _ = corpus(12, 50, seed=3, index_type="flat")
     flat = save_index(tmp_path / "f", flat_manifest, chunks, vectors)
     queries = unit_rows(np.random.default_rng(11), 20)
     recall = np.mean(
         [len({h.chunk.id for h in hnsw.search(q, 10)} & {h.chunk.id for h in flat.search(q, 10)}) / 10 for q in queries]
     )
     assert recall >= 0.9
-    assert len(hnsw.search(queries[0], 200)) == 200  # k above efSearch still returns k
+    assert HNSW_EF_SEARCH < 560 <= len(chunks)
+    assert len(hnsw.search(queries[0], 560)) == 560  # k above efSearch still returns k
 
 
 def test_lookup_helpers_and_edge_cases(tmp_path: Path) -> None:
