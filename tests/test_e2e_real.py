@@ -41,8 +41,8 @@ def test_off_topic_question_is_refused(real_pipeline: Any) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="known gap: the 1.5B replies with a bare [1], and the quoted best sentence of that passage "
-    "matches the rewritten question's date and 'missile' rather than the distance sentence after it",
+    reason="known gap: the follow-up is rewritten well, but the 1.5B's short answer comes from another "
+    "sentence of the passages (the eval's q073 shows the same)",
 )
 def test_follow_up_is_answered_from_history(real_pipeline: Any) -> None:
     first = real_pipeline.ask("What did North Korea test on October 30, 2024?")
