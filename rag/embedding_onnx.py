@@ -14,8 +14,6 @@ place, under an exclusive lock so parallel starts export it only once.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -24,13 +22,14 @@ import shutil
 import tempfile
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from rag.errors import ModelError
+from rag.models import exclusive_lock
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -287,7 +286,7 @@ def ensure_onnx(model_path: Path, cache_dir: Path, *, quantized: bool, name: str
         return target
     try:
         root.mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(root / f".{name}.lock"):
+        with exclusive_lock(root / f".{name}.lock"):
             if not (final / FP32_FILE).is_file():
                 # Leftovers of a process killed mid-export; nobody else writes while we hold the lock.
                 for stale in root.glob(f".{name}.tmp*"):
@@ -316,17 +315,6 @@ def ensure_onnx(model_path: Path, cache_dir: Path, *, quantized: bool, name: str
             "or point RAG_CACHE_DIR at a writable folder."
         ) from exc
     return target
-
-
-@contextlib.contextmanager
-def _exclusive_lock(lock_file: Path) -> Iterator[None]:
-    # Same pattern as rag.models: flock dies with its holder, so a crash never leaves the cache locked.
-    with lock_file.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _export_fp32(model_path: Path, out: Path) -> None:

@@ -136,7 +136,7 @@ def _is_verified(path: Path, spec: GgufSpec) -> bool:
 
 
 @contextlib.contextmanager
-def _exclusive_lock(lock_file: Path) -> Iterator[None]:
+def exclusive_lock(lock_file: Path) -> Iterator[None]:
     # flock is released by the kernel if the holder dies, so a crashed process never
     # leaves the cache locked; the lock file itself stays (removing it would race).
     with lock_file.open("a") as fh:
@@ -221,7 +221,7 @@ def ensure_gguf(spec: GgufSpec, cache_dir: Path) -> Path:
         return final
     try:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(cache_dir / f".{spec.file_name}.lock"):
+        with exclusive_lock(cache_dir / f".{spec.file_name}.lock"):
             if _is_verified(final, spec):  # another process finished while we waited
                 return final
             # Leftovers of a process killed mid-assembly; nobody else writes while we hold the lock.

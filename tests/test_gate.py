@@ -16,6 +16,7 @@ from api.app import create_app
 from api.gate import AnswerGate, Ticket
 from rag.errors import BusyError
 from rag.settings import Settings
+from tests.aio import off_loop
 from tests.api_fakes import FakePipeline, serve, wait_ready
 
 T = TypeVar("T")
@@ -25,7 +26,7 @@ def run(make: Callable[[], Awaitable[T]]) -> T:
     async def main() -> T:
         return await make()
 
-    return asyncio.run(main())
+    return off_loop(asyncio.run, main())
 
 
 async def _never_gone() -> bool:

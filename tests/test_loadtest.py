@@ -24,6 +24,7 @@ from api.loadtest import (
     summarize,
 )
 from rag.settings import Settings
+from tests.aio import off_loop
 from tests.api_fakes import serve, wait_ready
 from tests.test_load import QUESTIONS, SharedFake
 
@@ -41,7 +42,7 @@ def test_doctests() -> None:
     ["http://10.0.0.1:8000", "http://192.168.1.5", "https://example.com", "http://0.0.0.0:8000", "ftp://127.0.0.1"],
 )
 def test_non_loopback_urls_are_refused_with_exit_code_2(url: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--url", url, "--duration", "1"]) == 2
+    assert off_loop(main, ["--url", url, "--duration", "1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and ("loopback" in err or "http(s)" in err)
 
@@ -64,13 +65,13 @@ def test_loopback_forms_are_accepted() -> None:
     ],
 )
 def test_unbounded_or_bad_arguments_are_refused(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--url", "http://127.0.0.1:9", *args]) == 2
+    assert off_loop(main, ["--url", "http://127.0.0.1:9", *args]) == 2
     assert capsys.readouterr().err.startswith("error: ")
 
 
 def test_unreachable_service_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     # Port 9 (discard) is closed on loopback: the preflight gives up after --wait-ready.
-    assert main(["--url", "http://127.0.0.1:9", "--duration", "1", "--wait-ready", "1"]) == 2
+    assert off_loop(main, ["--url", "http://127.0.0.1:9", "--duration", "1", "--wait-ready", "1"]) == 2
     assert "cannot reach" in capsys.readouterr().err
 
 
@@ -191,7 +192,8 @@ def test_a_short_run_against_a_real_server(tmp_path: Path, capsys: pytest.Captur
     with serve(app) as url:
         wait_ready(app)
         argv = ["--url", url, "--concurrency", "4", "--duration", "1.5", "--max-requests", "60", "--timeout", "10"]
-        code = main([*argv, "--questions", str(questions), "--api-key", "k3y", "--pid", str(os.getpid()), "--json"])
+        extra = ["--questions", str(questions), "--api-key", "k3y", "--pid", str(os.getpid()), "--json"]
+        code = off_loop(main, [*argv, *extra])
         report = json.loads(capsys.readouterr().out)
         assert code == 0, report["violations"]
         assert 0 < report["requests"] <= 60 + 4  # the budget, plus at most one clean-up delete per worker
@@ -200,5 +202,5 @@ def test_a_short_run_against_a_real_server(tmp_path: Path, capsys: pytest.Captur
         assert sorted(fake.docs) == ["bees.txt", "manual.pdf", "volcanoes.md"]  # every upload deleted again
 
         # A wrong key: every request is a 401, and the run fails.
-        assert main([*argv, "--api-key", "wrong", "--duration", "0.5"]) == 1
+        assert off_loop(main, [*argv, "--api-key", "wrong", "--duration", "0.5"]) == 1
         assert "4xx responses to valid requests" in capsys.readouterr().out
