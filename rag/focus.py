@@ -36,7 +36,8 @@ def focus(question: str, hits: Sequence[Hit], budget: int, count_tokens: Callabl
     if not hits:
         return []
     unlimited = budget <= 0  # whole passages, but still without the sentences that address the model
-    q_terms, q_keys = terms(question), key_terms(question) | {t for t in terms(question) if t[0].isdigit()}
+    q_terms = terms(question)
+    q_keys = key_terms(question) | {t for t in q_terms if t[0].isdigit()}
     plans: list[tuple[Hit, list[tuple[int, int]], list[float], int]] = []
     walls: list[set[int]] = []
     for hit in hits:

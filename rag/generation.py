@@ -77,6 +77,15 @@ def yes_no_token_ids(encode: Callable[[str], list[int]]) -> tuple[list[int], lis
     return sorted(yes - both), sorted(no - both)
 
 
+def start_token_ids(encode: Callable[[str], list[int]], text: str) -> list[int]:
+    """First token ids of ``text`` as a reply would begin it: bare, or after a space.
+
+    >>> start_token_ids(lambda s: [len(s)], "NOT FOUND")
+    [9, 10]
+    """
+    return sorted({ids[0] for v in (text, " " + text) if (ids := encode(v))})
+
+
 def two_way_softmax(logits: Sequence[float], yes_ids: Sequence[int], no_ids: Sequence[int]) -> float:
     """Probability of "yes" when the model must pick between the yes ids and the no ids.
 
@@ -220,7 +229,10 @@ class LlamaCppGenerator:
 
     def prompt_tokens(self, messages: Sequence[Message]) -> list[int]:
         """The chat template applied to ``messages`` with the assistant turn opened, as token ids."""
-        result = self._formatter(messages=list(messages))  # type: ignore[arg-type]
+        return self._render(self._formatter, messages)
+
+    def _render(self, formatter: Any, messages: Sequence[Message]) -> list[int]:
+        result = formatter(messages=list(messages))
         return list(self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True))
 
     def keep_prefix(self, messages: Sequence[Message]) -> int:
@@ -234,10 +246,7 @@ class LlamaCppGenerator:
         """
         llama_cpp = self._llama_cpp
         with self._lock:
-            result = self._prefix_formatter(messages=list(messages))  # type: ignore[arg-type]
-            tokens = list(
-                self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
-            )
+            tokens = self._render(self._prefix_formatter, messages)
             self._check_fits(tokens)
             self._llm.reset()
             self._llm.eval(tokens)
@@ -280,7 +289,7 @@ class LlamaCppGenerator:
             prompt = self.prompt_tokens(messages)
             self._check_fits(prompt)
             # A strongly negative bias bars the ruled-out reply's first token (greedy then takes the next best).
-            bias = {t: -1e4 for t in self._start_ids(avoid)} if avoid else None
+            bias = {t: -1e4 for t in start_token_ids(self._encode, avoid)} if avoid else None
             self.last_prompt_tokens = len(prompt)
             self.last_completion_tokens = 0
             if not self.reuse_cache:
@@ -315,10 +324,6 @@ class LlamaCppGenerator:
                 # had its last text token evaluated (the end token itself is not counted).
                 evaluated = self._llm.n_tokens - len(prompt)
                 self.last_completion_tokens = max(0, evaluated if finish == "stop" else evaluated + 1)
-
-    def _start_ids(self, text: str) -> list[int]:
-        """First token ids of ``text`` as a reply would begin it (bare, or after a space)."""
-        return sorted({ids[0] for v in (text, " " + text) if (ids := self._encode(v))})
 
     def _next_logits(self, messages: Sequence[Message]) -> Any:
         """Evaluate the prompt for ``messages``; the logits row of the reply's first token (a numpy view).
@@ -363,7 +368,7 @@ class LlamaCppGenerator:
     def start_probability(self, messages: Sequence[Message], text: str) -> float:
         """P(the reply starts with ``text``'s first token), softmax over the whole vocabulary."""
         with self._lock:
-            return start_mass(self._next_logits(messages), self._start_ids(text))
+            return start_mass(self._next_logits(messages), start_token_ids(self._encode, text))
 
 
 class TransformersGenerator:
@@ -434,7 +439,7 @@ class TransformersGenerator:
                     return abandoned.is_set()
 
             # Bar only the first reply token (begin_suppress_tokens), as the llama backend does.
-            barred = {"begin_suppress_tokens": self._start_ids(avoid)} if avoid else {}
+            barred = {"begin_suppress_tokens": start_token_ids(self._encode, avoid)} if avoid else {}
             pad_id = self._tokenizer.pad_token_id
             if pad_id is None:
                 pad_id = self._tokenizer.eos_token_id
@@ -469,9 +474,6 @@ class TransformersGenerator:
             if failure:
                 raise ModelError(f"Generation failed: {failure[0]}") from failure[0]
 
-    def _start_ids(self, text: str) -> list[int]:
-        return sorted({ids[0] for v in (text, " " + text) if (ids := self._encode(v))})
-
     def _next_logits(self, messages: Sequence[Message]) -> list[float]:
         torch = self._torch
         with self._lock, torch.inference_mode():
@@ -483,7 +485,7 @@ class TransformersGenerator:
 
     def start_probability(self, messages: Sequence[Message], text: str) -> float:
         """P(the reply starts with ``text``'s first token), softmax over the whole vocabulary."""
-        return start_mass(self._next_logits(messages), self._start_ids(text))
+        return start_mass(self._next_logits(messages), start_token_ids(self._encode, text))
 
 
 def load_generator(settings: Settings) -> Generator:
