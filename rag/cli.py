@@ -15,7 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 
-from rag.errors import RagError
+from pydantic import ValidationError
+
+from rag.errors import InputError, RagError
 from rag.settings import Settings
 
 
@@ -25,7 +27,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         overrides["index_dir"] = args.index
     if getattr(args, "corpus", None) is not None:
         overrides["corpus_dir"] = args.corpus
-    return Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        # One line naming the variable to fix, not pydantic's multi-line report.
+        problems = "; ".join(f"RAG_{str(e['loc'][0]).upper()}: {e['msg']}" for e in exc.errors())
+        raise InputError(f"bad setting: {problems}") from None
 
 
 def _print_json(obj: object) -> None:

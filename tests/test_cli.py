@@ -101,3 +101,11 @@ def test_old_format_index_says_what_to_run(tmp_path: Path, capsys: pytest.Captur
 def test_bad_k_is_refused(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "search", "x", "--k", "0")
     assert code == 2 and "--k" in err
+
+
+def test_a_bad_setting_is_one_error_line(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("RAG_REFUSE_AT", "2")
+    code, out, err = run(capsys, "info")
+    assert code == 2 and out == ""
+    assert err.strip().count("\n") == 0
+    assert err.startswith("error: bad setting: RAG_REFUSE_AT: Input should be less than or equal to 1")
