@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import doctest
 import hashlib
 import itertools
 import re
@@ -10,7 +9,6 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import rag.chunking
 from rag.chunking import chunk_document
 from rag.errors import InputError
 from rag.types import Chunk, Document
@@ -45,11 +43,6 @@ def check_invariants(doc: Document, chunks: list[Chunk], count: Callable[[str], 
         covered[c.start : c.end] = b"\x01" * (c.end - c.start)
     missing = [i for i, ch in enumerate(doc.text) if not ch.isspace() and not covered[i]]
     assert not missing, f"uncovered text at {missing[:5]}: {doc.text[missing[0] : missing[0] + 20]!r}"
-
-
-def test_doctests() -> None:
-    result = doctest.testmod(rag.chunking)
-    assert result.attempted > 0 and result.failed == 0
 
 
 _texts = st.lists(

@@ -218,12 +218,3 @@ def test_a_queued_client_that_disconnects_frees_its_place_while_the_model_is_sti
         holder.join(20)
         assert _until(lambda: gate.admitted == 0)
         assert len(fake.calls) == 2  # the departed client never reached the model
-
-
-def test_doctests() -> None:
-    import doctest
-
-    import api.gate
-
-    result = doctest.testmod(api.gate)
-    assert result.attempted and not result.failed

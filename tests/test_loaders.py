@@ -1,12 +1,10 @@
 from __future__ import annotations
 
-import doctest
 import hashlib
 from pathlib import Path
 
 import pytest
 
-import rag.loaders
 from rag.errors import InputError
 from rag.loaders import html_to_text, load_bytes, load_corpus, load_file, safe_doc_id
 
@@ -50,11 +48,6 @@ def write(root: Path, rel: str, data: bytes | str) -> Path:
         data = data.encode("utf-8")
     path.write_bytes(data)
     return path
-
-
-def test_doctests() -> None:
-    result = doctest.testmod(rag.loaders)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_loads_every_supported_kind_sorted_with_posix_ids(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import json
 import os
 from pathlib import Path
@@ -10,7 +9,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-import api.loadtest
 from api.app import create_app
 from api.loadtest import (
     Result,
@@ -30,11 +28,6 @@ from tests.test_load import QUESTIONS, SharedFake
 
 CONFIG = {"url": "http://127.0.0.1:1", "concurrency": 2, "timeout_s": 5.0}
 MIB = 1024  # KiB
-
-
-def test_doctests() -> None:
-    result = doctest.testmod(api.loadtest)
-    assert result.attempted and not result.failed
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import doctest
 import json
 import os
 import signal
@@ -136,11 +135,6 @@ def test_save_rejects_inconsistent_input(tmp_path: Path) -> None:
     with pytest.raises(ValueError):
         save_index(tmp_path, Manifest("e", DIM, 64, 8, "auto", manifest.documents), chunks, vectors)
     assert current_version(tmp_path) is None
-
-
-def test_doctests() -> None:
-    result = doctest.testmod(rag.store)
-    assert result.attempted > 0 and result.failed == 0
 
 
 def test_resolve_index_type() -> None:
