@@ -98,6 +98,11 @@ class Settings(BaseSettings):
         description="Refuse when the model's own probability of replying NOT FOUND is at least this "
         "(calibrated on eval/gold.jsonl, see README); 1 = never ask.",
     )
+    best_passage_first: bool = Field(
+        True,
+        description="Read the best passage alone first and answer from it when the model's P(NOT FOUND) "
+        "there is under RAG_REFUSE_AT; otherwise read all passages (see README).",
+    )
     min_judge: float = Field(
         0.0,
         ge=0,

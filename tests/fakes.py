@@ -57,10 +57,16 @@ class FakeGenerator:
 class ScoringFakeGenerator(FakeGenerator):
     """A FakeGenerator that also states its P(reply starts NOT FOUND), like the llama backend."""
 
-    def __init__(self, reply: Callable[[Sequence[Message]], str], p_not_found: float) -> None:
+    def __init__(
+        self, reply: Callable[[Sequence[Message]], str], p_not_found: float | Callable[[Sequence[Message]], float]
+    ) -> None:
         super().__init__(reply)
         self.p_not_found = p_not_found
+        self.scored: list[list[Message]] = []
 
     def start_probability(self, messages: Sequence[Message], text: str) -> float:
         self.calls.append(list(messages))
-        return self.p_not_found if text == "NOT FOUND" else 0.0
+        self.scored.append(list(messages))
+        if text != "NOT FOUND":
+            return 0.0
+        return self.p_not_found(messages) if callable(self.p_not_found) else self.p_not_found

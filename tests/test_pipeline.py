@@ -190,6 +190,38 @@ def test_the_models_own_not_found_probability_decides_refusals(
         assert gen.avoided == ["NOT FOUND"] and "Rason" in answer.text
 
 
+def passage_count(messages: Sequence[Message]) -> int:
+    return len(re.findall(r"^\[\d+\] ", passages_of(messages), flags=re.M))
+
+
+@pytest.mark.parametrize(("p_first", "read_all"), [(0.05, False), (0.29, False), (0.3, True), (0.6, True)])
+def test_the_best_passage_is_read_first(settings: Settings, p_first: float, read_all: bool) -> None:
+    base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
+    gen = ScoringFakeGenerator(base.reply, lambda m: p_first if passage_count(m) == 1 else 0.1)
+    # Whole passages (context_tokens 0), so that focusing keeps all top_k of them.
+    early = settings.model_copy(update={"best_passage_first": True, "refuse_at": 0.3, "context_tokens": 0})
+    pipeline = Pipeline(early, FakeEmbedder(), gen)
+    answer = pipeline.ask("Which port were the munitions shipped from?")
+    counts = [passage_count(m) for m in gen.scored]
+    assert counts == ([1, settings.top_k] if read_all else [1])
+    # The reply is generated from exactly the prompt whose P(NOT FOUND) decided, so its KV cache is reused.
+    assert gen.calls[-1] == gen.scored[-1]
+    assert not answer.abstained and "Rason" in answer.text
+    assert answer.confidence == round(1 - (0.1 if read_all else p_first), 4)
+    assert answer.provenance["passages_read"] == str(settings.top_k if read_all else 1)
+    if not read_all:
+        (citation,) = answer.citations
+        assert " ".join(citation.text.split()) in passages_of(gen.scored[0])  # the prompt squashes whitespace
+
+
+def test_best_passage_first_off_reads_all_passages_once(settings: Settings) -> None:
+    base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
+    gen = ScoringFakeGenerator(base.reply, 0.05)
+    off = settings.model_copy(update={"best_passage_first": False, "context_tokens": 0})
+    Pipeline(off, FakeEmbedder(), gen).ask("Which port were the munitions shipped from?")
+    assert [passage_count(m) for m in gen.scored] == [settings.top_k]
+
+
 def test_refuse_at_one_turns_the_check_off(settings: Settings) -> None:
     base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
     gen = ScoringFakeGenerator(base.reply, 0.99)
