@@ -213,9 +213,9 @@ class LlamaCppGenerator:
             for opened in (True, False)
         )
         self._yes_ids, self._no_ids = yes_no_token_ids(self._encode)
-        #: A prompt prefix evaluated once and set aside (tokens, KV cache bytes); see ``keep_prefix``.
-        self._kept: tuple[list[int], bytes] | None = None
-        self.prefix_resumes = 0  # times the kept prefix was put back (for tests and tuning)
+        #: Prompt prefixes evaluated once and set aside: tokens -> KV cache bytes; see ``keep_prefix``.
+        self._kept: dict[tuple[int, ...], bytes] = {}
+        self.prefix_resumes = 0  # times a kept prefix was put back (for tests and tuning)
 
     def close(self) -> None:
         """Free the model's memory now instead of at garbage collection."""
@@ -241,8 +241,9 @@ class LlamaCppGenerator:
         llama.cpp reuses only the prefix shared with the *previous* call, so one rewrite or
         judge prompt in between would make the next answer re-read the whole fixed prefix
         (system message and worked examples: ~7 s for the 1.5B on 2 cores). With the prefix
-        kept, a prompt that starts with it resumes from the copy instead. Also warms the
-        model up at start. Returns the prefix length in tokens.
+        kept, a prompt that starts with it resumes from the copy instead. Several prefixes can
+        be kept (a few MB each); the last one kept stays in the cache. Also warms the model
+        up at start. Returns the prefix length in tokens.
         """
         llama_cpp = self._llama_cpp
         with self._lock:
@@ -253,18 +254,20 @@ class LlamaCppGenerator:
             size = llama_cpp.llama_state_seq_get_size(self._llm.ctx, 0)
             buffer = (ctypes.c_uint8 * size)()
             written = llama_cpp.llama_state_seq_get_data(self._llm.ctx, buffer, size, 0)
-            self._kept = (tokens, bytes(buffer)[:written])
+            self._kept[tuple(tokens)] = bytes(buffer)[:written]
             return len(tokens)
 
     def _resume_kept(self, prompt: list[int]) -> None:
-        """Put the kept prefix back in the KV cache when ``prompt`` starts with it and the cache lost it."""
-        if self._kept is None:
+        """Put the longest kept prefix ``prompt`` starts with back in the KV cache, unless it is still there."""
+        if not self.reuse_cache:
             return
-        tokens, data = self._kept
+        starts = [t for t in self._kept if len(t) < len(prompt) and tuple(prompt[: len(t)]) == t]
+        if not starts:
+            return
+        tokens = max(starts, key=len)
+        data = self._kept[tokens]
         llm = self._llm
-        if not self.reuse_cache or prompt[: len(tokens)] != tokens or len(prompt) <= len(tokens):
-            return
-        if list(llm.input_ids[: min(llm.n_tokens, len(tokens))]) == tokens:
+        if tuple(llm.input_ids[: min(llm.n_tokens, len(tokens))]) == tokens:
             return  # still there from the previous call
         llm.reset()
         llm._ctx.kv_cache_clear()

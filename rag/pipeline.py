@@ -25,7 +25,14 @@ from rag.embedding import Embedder
 from rag.errors import InputError, RagError, write_failed
 from rag.focus import focus
 from rag.generation import Generator, Message
-from rag.prompting import NOT_FOUND, answer_messages, answer_prefix, judge_messages, rewrite_messages
+from rag.prompting import (
+    NOT_FOUND,
+    answer_messages,
+    answer_prefix,
+    judge_messages,
+    rewrite_messages,
+    rewrite_prefix,
+)
 from rag.rerank import Reranker
 from rag.retrieval import Retrieved, Retriever
 from rag.settings import Settings
@@ -62,7 +69,9 @@ class Pipeline:
         )
         keep_prefix = getattr(generator, "keep_prefix", None)
         if keep_prefix is not None:
-            # Every answer prompt starts the same: have the model read that once, now.
+            # Every rewrite and every answer prompt starts the same: have the model read those
+            # once, now (the answer prefix last, so that it is what the cache holds).
+            keep_prefix(rewrite_prefix())
             keep_prefix(answer_prefix())
 
     # ------------------------------------------------------------------ retrieval

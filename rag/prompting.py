@@ -82,12 +82,17 @@ def answer_messages(question: str, hits: Sequence[Hit]) -> list[Message]:
     return [*answer_prefix(), _ask(passage_block(hits), question)]
 
 
+def rewrite_prefix() -> list[Message]:
+    """The fixed start of every rewrite prompt (kept in the KV cache like ``answer_prefix``)."""
+    return [{"role": "system", "content": REWRITE_SYSTEM}]
+
+
 def rewrite_messages(question: str, history: Sequence[Turn], max_turns: int = 6) -> list[Message]:
     convo = "\n".join(
         f"{'User' if t.role == 'user' else 'Assistant'}: {' '.join(t.content.split())}" for t in history[-max_turns:]
     )
     user = f"Conversation:\n{convo}\n\nLast question: {question}\n\nStandalone question:"
-    return [{"role": "system", "content": REWRITE_SYSTEM}, {"role": "user", "content": user}]
+    return [*rewrite_prefix(), {"role": "user", "content": user}]
 
 
 JUDGE_QUESTION = "Does that answer the question, as stated in the passages? Reply Yes or No."

@@ -94,25 +94,35 @@ def test_not_found_probability_tells_missing_answers_apart(generator: LlamaCppGe
     assert "4417" in "".join(generator.stream(stated, max_tokens=20, avoid=NOT_FOUND))
 
 
-def test_a_kept_prefix_comes_back_after_other_prompts(generator: LlamaCppGenerator) -> None:
-    from rag.prompting import answer_messages, answer_prefix
-    from rag.types import Chunk, Hit
+def test_kept_prefixes_come_back_after_other_prompts(generator: LlamaCppGenerator) -> None:
+    from rag.prompting import answer_messages, answer_prefix, rewrite_messages, rewrite_prefix
+    from rag.types import Chunk, Hit, Turn
 
     passage = Hit(Chunk("d#0", "d.txt", "The Blue Harbor library opens at 7:15; its door code is 4417.", 0, 61), 1.0)
     question = answer_messages("What is the door code of the Blue Harbor library?", [passage])
+    history = [Turn("user", "When does the Blue Harbor library open?"), Turn("assistant", "At 7:15 [1].")]
+    rewrite = rewrite_messages("And what is its door code?", history)
     generator.reuse_cache = False
-    try:
-        fresh = "".join(generator.stream(question, max_tokens=20))  # evaluated from scratch
+    try:  # evaluated from scratch
+        fresh = "".join(generator.stream(question, max_tokens=20))
+        fresh_rewrite = "".join(generator.stream(rewrite, max_tokens=30))
     finally:
         generator.reuse_cache = True
+    assert "Blue Harbor" in fresh_rewrite
     n = generator.keep_prefix(answer_prefix())
+    m = generator.keep_prefix(rewrite_prefix())
     assert generator.prompt_tokens(question)[:n] == generator.prompt_tokens(answer_prefix())[:n]
+    assert generator.prompt_tokens(rewrite)[:m] == generator.prompt_tokens(rewrite_prefix())[:m]
     before = generator.prefix_resumes
     list(generator.stream(FACT_QUESTION, max_tokens=5))  # another prompt takes the cache
     assert "".join(generator.stream(question, max_tokens=20)) == fresh
     assert generator.prefix_resumes == before + 1
     assert "".join(generator.stream(question, max_tokens=20)) == fresh  # straight after: cache still holds it
     assert generator.prefix_resumes == before + 1
+    # The other kept prefix comes back for a rewrite, then the first for the next answer.
+    assert "".join(generator.stream(rewrite, max_tokens=30)) == fresh_rewrite
+    assert "".join(generator.stream(question, max_tokens=20)) == fresh
+    assert generator.prefix_resumes == before + 3
 
 
 def test_without_cache_reuse_results_are_bit_identical(generator: LlamaCppGenerator) -> None:
