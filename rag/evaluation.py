@@ -580,6 +580,7 @@ def question_record(r: QuestionResult, k: int) -> dict[str, Any]:
                 "sentences": [asdict(s) for s in a.sentences],
                 "latency_s": None if r.seconds is None else round(r.seconds, 3),
                 "timings": a.timings,
+                "provenance": a.provenance,
                 "notes": list(a.notes),
             }
         )
@@ -694,6 +695,8 @@ def render_markdown(report: Mapping[str, Any], thresholds: Thresholds) -> str:
             out.append(f"- **Answer:** {_snippet(q['answer'], 600)}")
         rank = q["first_evidence_rank"] or "not retrieved"
         out.append(f"- **Evidence rank:** {rank}; retrieved: {', '.join(f'`{c}`' for c in q['retrieved'])}")
+        if "passages_read" in q.get("provenance", {}):  # 1 = answered or refused on the best passage alone
+            out.append(f"- **Passages the model read:** {q['provenance']['passages_read']}")
         for c in q.get("citations", []):
             mark = "" if c.get("counts_as_correct", True) else " (not counted correct)"
             out.append(f"  - [{c['marker']}]{mark} {c['doc_id']} {c['start']}-{c['end']}: {_snippet(c['text'])}")

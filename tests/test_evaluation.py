@@ -157,7 +157,14 @@ ANSWERS = {
         timings={"first_token_s": 0.3},
     ),
     # False refusal; the gold words in an abstention earn neither accuracy nor F1.
-    "q3": Answer("When did Putin visit?", "The documents do not say if it was June 2024.", True, (), ()),
+    "q3": Answer(
+        "When did Putin visit?",
+        "The documents do not say if it was June 2024.",
+        True,
+        (),
+        (),
+        provenance={"passages_read": "4"},
+    ),
     # Hallucination: an unanswerable question answered (its citations never count for precision).
     "q4": Answer(
         "Who won the war?",
@@ -339,9 +346,11 @@ def test_cli_passes_and_writes_reports(workspace: dict[str, Path], capsys: pytes
     ]
     assert {"start", "end", "doc_id", "text"} <= set(q2["citations"][0])
     assert q2["latency_s"] is not None
+    assert report["questions"][2]["provenance"] == {"passages_read": "4"}
     md = (workspace["out"] / "report.md").read_text(encoding="utf-8")
     assert "## By question type" in md
     assert "### q3 (date): refused (false refusal)" in md
+    assert "- **Passages the model read:** 4" in md  # how the refusal was reached
     assert "### q4 (unanswerable): answered (hallucination)" in md
     assert "### q1" not in md  # correct answers are not failures
     assert f"[1] (not counted correct) doc.txt 0-{len(S1)}: {S1}" in md  # a failure shows the passages it cited
