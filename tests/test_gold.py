@@ -1,4 +1,5 @@
-"""The gold set itself: well-formed, evidence verbatim in the seed documents, a real mix of question types."""
+"""The gold set itself: well-formed, evidence verbatim in the seed documents, a real mix of question types,
+and a tune/heldout split (see eval/README.md)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,9 @@ TYPE_MINIMUMS = {
     "followup": 8,
     "unanswerable": 15,
 }
+SPLITS = ("tune", "heldout")
+# The held-out part must stay big enough to measure on.
+MIN_HELDOUT_SHARE = 0.40
 
 
 @pytest.fixture(scope="module")
@@ -33,10 +37,35 @@ def gold() -> list[GoldItem]:
     return load_gold(GOLD)
 
 
-def test_size_and_unique_ids(gold: list[GoldItem]) -> None:
+@pytest.fixture(scope="module")
+def rows() -> list[dict]:
+    """The raw lines, for the fields ``GoldItem`` doesn't carry (``split``)."""
+    return [json.loads(line) for line in GOLD.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_size_and_unique_ids(gold: list[GoldItem], rows: list[dict]) -> None:
     assert len(gold) >= 80
-    ids = [json.loads(line)["id"] for line in GOLD.read_text(encoding="utf-8").splitlines() if line.strip()]
-    assert len(ids) == len(set(ids)) == len(gold)
+    ids = [row["id"] for row in rows]
+    duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
+    assert not duplicates, f"ids used more than once: {duplicates}"
+    assert len(ids) == len(gold)
+
+
+def test_every_item_has_a_split(rows: list[dict]) -> None:
+    bad = [(row["id"], row.get("split")) for row in rows if row.get("split") not in SPLITS]
+    assert not bad, f"split must be one of {SPLITS}: {bad}"
+
+
+def test_heldout_is_big_and_mixed(rows: list[dict]) -> None:
+    heldout = [row for row in rows if row.get("split") == "heldout"]
+    share = len(heldout) / len(rows)
+    assert share >= MIN_HELDOUT_SHARE, f"heldout is {share:.0%} of the gold set, under {MIN_HELDOUT_SHARE:.0%}"
+    assert any(row["answerable"] for row in heldout), "heldout holds no answerable question"
+    assert any(not row["answerable"] for row in heldout), "heldout holds no unanswerable question"
+    # Both parts cover every type, so a figure per type can be read on heldout alone.
+    for split in SPLITS:
+        missing = {row["type"] for row in rows} - {row["type"] for row in rows if row.get("split") == split}
+        assert not missing, f"types with no {split} item: {sorted(missing)}"
 
 
 def test_type_mix(gold: list[GoldItem]) -> None:
