@@ -122,10 +122,10 @@ def bench_scale(sizes: list[int], dim: int, queries: int = 200) -> dict[str, flo
 
 def _decode_rate(timings: dict[str, float], tokens: int) -> float | None:
     """Tokens/s after the first token: generation time minus the wait for the first token."""
-    if tokens < 2 or "first_token_s" not in timings:
+    if tokens < 2 or "draft_first_token_s" not in timings:
         return None
-    before_generation = timings.get("rewrite_s", 0.0) + timings.get("retrieve_s", 0.0)
-    decode_s = timings["generate_s"] - (timings["first_token_s"] - before_generation)
+    before_generation = timings["total_s"] - timings["generate_s"] - timings.get("verify_s", 0.0)
+    decode_s = timings["generate_s"] - (timings["draft_first_token_s"] - before_generation)
     return (tokens - 1) / decode_s if decode_s > 0 else None
 
 

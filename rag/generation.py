@@ -14,12 +14,14 @@ from __future__ import annotations
 import ctypes
 import math
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 from rag.errors import InputError, ModelError
 from rag.models import QWEN_CODER_0_5B, QWEN_CODER_1_5B, ensure_gguf, file_sha256, stamped_sha256
+from rag.states import StateStore
 
 if TYPE_CHECKING:
     from rag.settings import Settings
@@ -28,6 +30,13 @@ Message = dict[str, str]  # {"role": "system"|"user"|"assistant", "content": "..
 
 
 class Generator(Protocol):
+    """What the pipeline needs of a backend; every backend implements all of it.
+
+    A backend that cannot do something says so in its answer (``None`` from
+    ``start_probability``, ``False`` from ``keep_state``) instead of lacking the
+    method, so the pipeline never probes for abilities.
+    """
+
     #: Model id recorded in each answer's provenance (name + short hash).
     id: str
 
@@ -41,12 +50,18 @@ class Generator(Protocol):
 
     def count_tokens(self, text: str) -> int: ...
 
+    def start_probability(self, messages: Sequence[Message], text: str) -> float | None:
+        """P(the assistant's first reply token is the first token of ``text``), over the whole
+        vocabulary; None when the backend cannot tell."""
+        ...
 
-class StartScorer(Protocol):
-    """A model that can tell how likely its reply is to start a certain way, before writing it."""
+    def keep_state(self, messages: Sequence[Message], *, pin: bool = False) -> bool:
+        """Have the model read ``messages`` (the start of later prompts) and keep its state for them.
 
-    def start_probability(self, messages: Sequence[Message], text: str) -> float:
-        """P(the assistant's first reply token is the first token of ``text``), over the whole vocabulary."""
+        ``pin``: a fixed prefix that many prompts share, kept for the model's lifetime rather
+        than among the passage states. Returns True when the state was already kept (nothing
+        had to be read); False when it was read now, or when the backend keeps no states.
+        """
         ...
 
 
@@ -147,7 +162,14 @@ class LlamaCppGenerator:
     """
 
     def __init__(
-        self, model_path: Path, *, n_ctx: int = 4096, n_threads: int = 2, seed: int = 0, reuse_cache: bool = True
+        self,
+        model_path: Path,
+        *,
+        n_ctx: int = 4096,
+        n_threads: int = 2,
+        seed: int = 0,
+        reuse_cache: bool = True,
+        states: StateStore | None = None,
     ) -> None:
         if not model_path.is_file():
             raise ModelError(f"The generator model {model_path} does not exist. Check RAG_GENERATOR_PATH.")
@@ -215,7 +237,18 @@ class LlamaCppGenerator:
         self._yes_ids, self._no_ids = yes_no_token_ids(self._encode)
         #: Prompt prefixes evaluated once and set aside: tokens -> KV cache bytes; see ``keep_prefix``.
         self._kept: dict[tuple[int, ...], bytes] = {}
-        self.prefix_resumes = 0  # times a kept prefix was put back (for tests and tuning)
+        self.prefix_resumes = 0  # times a kept prefix or passage state was put back (for tests and tuning)
+        #: Passage states (``keep_state``); None keeps none.
+        self.states = states
+        # The tokens that close every chat message: a prompt's prefix ending with them is a
+        # prefix of every longer conversation (special tokens split text, so tokenizing the
+        # whole prompt gives the same ids as tokenizing its messages apart).
+        closed = self._render(self._prefix_formatter, [{"role": "user", "content": "x"}])
+        opened = self._render(self._formatter, [{"role": "user", "content": "x"}])
+        common = 0
+        while common < min(len(closed), len(opened)) and closed[common] == opened[common]:
+            common += 1
+        self._message_end = tuple(closed[max(0, common - 2) : common]) if common == len(closed) else ()
 
     def close(self) -> None:
         """Free the model's memory now instead of at garbage collection."""
@@ -236,49 +269,132 @@ class LlamaCppGenerator:
         return list(self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True))
 
     def keep_prefix(self, messages: Sequence[Message]) -> int:
-        """Evaluate ``messages`` (the fixed start of many prompts) now and keep its KV cache aside.
+        """Evaluate ``messages`` (the fixed start of many prompts) now and keep its KV state aside.
 
         llama.cpp reuses only the prefix shared with the *previous* call, so one rewrite or
         judge prompt in between would make the next answer re-read the whole fixed prefix
-        (system message and worked examples: ~7 s for the 1.5B on 2 cores). With the prefix
-        kept, a prompt that starts with it resumes from the copy instead. Several prefixes can
-        be kept (a few MB each); the last one kept stays in the cache. Also warms the model
-        up at start. Returns the prefix length in tokens.
+        (system message and worked examples: several seconds for the 1.5B on 2 cores). With
+        the prefix kept, a prompt that starts with it resumes from the copy instead. Kept
+        prefixes are few and never dropped; the last one kept stays in the cache. Also warms
+        the model up at start. Returns the prefix length in tokens.
         """
-        llama_cpp = self._llama_cpp
         with self._lock:
             tokens = self._render(self._prefix_formatter, messages)
             self._check_fits(tokens)
-            self._llm.reset()
-            self._llm.eval(tokens)
-            size = llama_cpp.llama_state_seq_get_size(self._llm.ctx, 0)
-            buffer = (ctypes.c_uint8 * size)()
-            written = llama_cpp.llama_state_seq_get_data(self._llm.ctx, buffer, size, 0)
-            self._kept[tuple(tokens)] = bytes(buffer)[:written]
+            self._load(tokens)
+            self._kept[tuple(tokens)] = self._snapshot()
             return len(tokens)
 
-    def _resume_kept(self, prompt: list[int]) -> None:
-        """Put the longest kept prefix ``prompt`` starts with back in the KV cache, unless it is still there."""
-        if not self.reuse_cache:
-            return
-        starts = [t for t in self._kept if len(t) < len(prompt) and tuple(prompt[: len(t)]) == t]
-        if not starts:
-            return
-        tokens = max(starts, key=len)
-        data = self._kept[tokens]
+    def keep_state(self, messages: Sequence[Message], *, pin: bool = False) -> bool:
+        """Read ``messages`` (e.g. the fixed prefix and one passage) unless their state is kept; keep it.
+
+        The state goes to the passage-state store (memory and disk, see ``rag.states``), so a
+        later prompt that starts with exactly these tokens resumes from it. Returns True when
+        nothing had to be read.
+        """
+        if pin:
+            with self._lock:
+                if tuple(self._render(self._prefix_formatter, messages)) in self._kept:
+                    return True
+            self.keep_prefix(messages)
+            return False
+        with self._lock:
+            tokens = self._render(self._prefix_formatter, messages)
+            self._check_fits(tokens)
+            if self.states is None:
+                self._load(tokens)
+                return False
+            if self._shared(tokens) == len(tokens) and self.states.contains(tokens):
+                return True
+            data = self.states.get(tokens)
+            if data is not None and self._restore(tokens, data):
+                return True
+            self._load(tokens)
+            self.states.put(tokens, self._snapshot())
+            return False
+
+    def _shared(self, tokens: Sequence[int]) -> int:
+        """How many leading ``tokens`` the KV cache already holds."""
         llm = self._llm
-        if tuple(llm.input_ids[: min(llm.n_tokens, len(tokens))]) == tokens:
-            return  # still there from the previous call
+        shared = 0
+        for a, b in zip(llm.input_ids[: llm.n_tokens], tokens, strict=False):
+            if a != b:
+                break
+            shared += 1
+        return shared
+
+    def _snapshot(self) -> bytes:
+        """The KV state of sequence 0 (what the context has read) as bytes."""
+        llama_cpp = self._llama_cpp
+        size = llama_cpp.llama_state_seq_get_size(self._llm.ctx, 0)
+        buffer = (ctypes.c_uint8 * size)()
+        written = llama_cpp.llama_state_seq_get_data(self._llm.ctx, buffer, size, 0)
+        return bytes(buffer)[:written]
+
+    def _restore(self, tokens: Sequence[int], data: bytes) -> bool:
+        """Put a saved state for ``tokens`` back in the KV cache; False (cache emptied) if it would not load."""
+        llm = self._llm
+        t0 = time.perf_counter()
         llm.reset()
         llm._ctx.kv_cache_clear()
         buffer = (ctypes.c_uint8 * len(data)).from_buffer_copy(data)
         if self._llama_cpp.llama_state_seq_set_data(llm.ctx, buffer, len(data), 0) != len(data):
-            llm.reset()  # could not restore: evaluate in full, as without a kept prefix
+            llm.reset()  # could not restore: evaluate in full, as without a kept state
             llm._ctx.kv_cache_clear()
-            return
+            return False
         llm.input_ids[: len(tokens)] = tokens
         llm.n_tokens = len(tokens)
         self.prefix_resumes += 1
+        if self.states is not None:
+            self.states.stats.restore_s += time.perf_counter() - t0
+        return True
+
+    def _boundaries(self, prompt: Sequence[int]) -> list[int]:
+        """Lengths of the prompt's prefixes that end a chat message (where states can be kept), longest first."""
+        marker = self._message_end
+        n = len(marker)
+        if not n:
+            return []
+        return [i for i in range(len(prompt) - 1, n - 1, -1) if tuple(prompt[i - n : i]) == marker]
+
+    def _resume_kept(self, prompt: Sequence[int]) -> None:
+        """Put back the longest kept state ``prompt`` starts with, if longer than what the cache holds."""
+        if not self.reuse_cache:
+            return
+        have = self._shared(prompt)
+        kept = [t for t in self._kept if have < len(t) < len(prompt) and tuple(prompt[: len(t)]) == t]
+        best = max(kept, key=len, default=None)
+        if self.states is not None:
+            for end in self._boundaries(prompt):
+                if end <= max(have, len(best) if best else 0):
+                    break
+                data = self.states.get(prompt[:end])
+                if data is not None and self._restore(prompt[:end], data):
+                    return
+        if best is not None:
+            self._restore(best, self._kept[best])
+
+    def _load(self, tokens: Sequence[int], *, fresh_last: bool = False) -> None:
+        """Make the KV cache hold exactly ``tokens``, reading as few of them as possible.
+
+        ``fresh_last``: re-read at least the last token, so its logits are current.
+        """
+        llm = self._llm
+        if not self.reuse_cache:
+            llm.reset()
+        self._resume_kept(tokens)
+        shared = self._shared(tokens)
+        if fresh_last:
+            shared = min(shared, len(tokens) - 1)
+        if shared < llm.n_tokens:
+            if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
+                llm.n_tokens = shared
+            else:
+                llm.reset()
+                llm._ctx.kv_cache_clear()
+                shared = 0
+        if shared < len(tokens):
+            llm.eval(list(tokens[shared:]))
 
     def _check_fits(self, prompt: list[int]) -> None:
         if len(prompt) >= self.n_ctx:
@@ -338,22 +454,8 @@ class LlamaCppGenerator:
 
         tokens = self.prompt_tokens(messages)
         self._check_fits(tokens)
-        self._resume_kept(tokens)
+        self._load(tokens, fresh_last=True)
         llm = self._llm
-        # Reuse the KV cache for the prefix shared with the previous call (same logic as
-        # Llama.generate); always re-evaluate at least one token so the logits are fresh.
-        shared = 0
-        for a, b in zip(llm.input_ids[: llm.n_tokens], tokens, strict=False):
-            if a != b:
-                break
-            shared += 1
-        shared = min(shared, len(tokens) - 1) if self.reuse_cache else 0
-        if shared > 0 and llm._ctx.kv_cache_seq_rm(-1, shared, -1):
-            llm.n_tokens = shared
-        else:
-            llm.reset()
-            shared = 0
-        llm.eval(tokens[shared:])
         # With logits_all=False the wrapper keeps no logits; the context still holds the
         # last token's row, which is the only one we need.
         row = self._llama_cpp.llama_get_logits_ith(llm.ctx, -1)
@@ -490,6 +592,10 @@ class TransformersGenerator:
         """P(the reply starts with ``text``'s first token), softmax over the whole vocabulary."""
         return start_mass(self._next_logits(messages), start_token_ids(self._encode, text))
 
+    def keep_state(self, messages: Sequence[Message], *, pin: bool = False) -> bool:
+        """No KV reuse here: transformers re-reads every prompt in full."""
+        return False
+
 
 def load_generator(settings: Settings) -> Generator:
     """Build the generator the settings ask for (loads the model: call once, then inject it)."""
@@ -511,4 +617,13 @@ def load_generator(settings: Settings) -> Generator:
         raise InputError(f"RAG_GENERATOR_PATH={path} is not a GGUF file.")
     spec = QWEN_CODER_0_5B if settings.generator_model == "qwen2.5-coder-0.5b" else QWEN_CODER_1_5B
     model_path = path if path is not None else ensure_gguf(spec, settings.cache_dir)
-    return LlamaCppGenerator(model_path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, seed=settings.seed)
+    generator = LlamaCppGenerator(model_path, n_ctx=settings.n_ctx, n_threads=settings.n_threads, seed=settings.seed)
+    if settings.state_cache_mb > 0 or settings.state_memory_mb > 0:
+        sha = generator.id.rsplit("@", 1)[-1]
+        generator.states = StateStore(
+            generator.id,
+            settings.cache_dir / "states" / sha if settings.state_cache_mb > 0 else None,
+            disk_bytes=settings.state_cache_mb * 1024 * 1024,
+            memory_bytes=settings.state_memory_mb * 1024 * 1024,
+        )
+    return generator

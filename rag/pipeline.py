@@ -20,19 +20,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from rag.citations import verify
+from rag.decision import decide
+from rag.drafting import Draft, verified_stream
 from rag.embedding import Embedder
 from rag.errors import InputError, RagError, write_failed
 from rag.focus import focus
 from rag.generation import Generator, Message
-from rag.prompting import (
-    NOT_FOUND,
-    answer_messages,
-    answer_prefix,
-    judge_messages,
-    rewrite_messages,
-    rewrite_prefix,
-)
+from rag.prompting import NOT_FOUND, answer_messages, answer_prefix, rewrite_messages, rewrite_prefix
+from rag.reading import chosen_messages, read_each, warm
 from rag.rerank import Reranker
 from rag.retrieval import Retrieved, Retriever
 from rag.settings import Settings
@@ -67,12 +62,11 @@ class Pipeline:
             candidates=settings.candidates,
             rrf_k=settings.rrf_k,
         )
-        keep_prefix = getattr(generator, "keep_prefix", None)
-        if keep_prefix is not None:
+        if generator is not None:
             # Every rewrite and every answer prompt starts the same: have the model read those
             # once, now (the answer prefix last, so that it is what the cache holds).
-            keep_prefix(rewrite_prefix())
-            keep_prefix(answer_prefix())
+            generator.keep_state(rewrite_prefix(), pin=True)
+            generator.keep_state(answer_prefix(), pin=True)
 
     # ------------------------------------------------------------------ retrieval
 
@@ -130,10 +124,17 @@ class Pipeline:
         return answer
 
     def ask_stream(self, question: str, history: Sequence[Turn] = (), k: int | None = None) -> Iterator[str | Answer]:
-        """Yield answer text pieces as generated, then exactly one final ``Answer``."""
+        """Yield the verified answer text as each sentence passes, then exactly one final ``Answer``.
+
+        Stages: rewrite -> retrieve -> read each passage alone (``rag.reading``) -> decide
+        (``rag.decision``) -> draft from the chosen passage, streaming only verified
+        sentences (``rag.drafting``). A backend that cannot score NOT FOUND reads all
+        passages at once instead, as a plain RAG prompt would.
+        """
         _check_text(question, "question")
         if self.generator is None:
             raise RagError("this pipeline was built without a generator; use search instead")
+        generator = self.generator
         s = self.settings
         t0 = time.perf_counter()
         timings: dict[str, float] = {}
@@ -141,135 +142,123 @@ class Pipeline:
         timings["rewrite_s"] = time.perf_counter() - t0
         t1 = time.perf_counter()
         retrieved = self._retrieve(standalone, self._k(k))
-        # The model reads only the focused windows, so those are what citations point at.
-        passages = focus(standalone, retrieved.hits, s.context_tokens, self.embedder.count_tokens)
+        # Whole passages, less any sentence that addresses the model (it never reaches a prompt).
+        passages = focus(standalone, retrieved.hits, 0, self.embedder.count_tokens)
         timings["retrieve_s"] = time.perf_counter() - t1
-        messages = answer_messages(standalone, passages)
-        t2 = time.perf_counter()
-        p_missing = None
-        gated = self._below_gate(retrieved) or not passages
-        if not gated:
-            passages, messages, p_missing = self._read(standalone, passages, messages)
-            if p_missing is not None:
-                timings["refusal_check_s"] = time.perf_counter() - t2
-        provenance = self._provenance(messages, self._k(k), 0 if gated else len(passages))
 
-        def finish(answer_text: str, abstained: bool, raw: str, reason: str) -> Answer:
+        def finish(text: str, raw: str, why: str, messages: Sequence[Message], read: int, **extra: object) -> Answer:
             timings["total_s"] = time.perf_counter() - t0
-            result = Answer(
-                question=question,
-                text=answer_text,
-                abstained=abstained,
-                citations=(),
-                sentences=(),
-                standalone_question=standalone,
-                timings={k: round(v, 4) for k, v in timings.items()},
-                provenance=provenance,
-                notes=(reason,) if reason else (),
-                draft=raw,
-            )
-            log.info("answer abstained=%s reason=%s raw=%r", abstained, reason, raw)
-            return result
+            timings.setdefault("first_token_s", timings["total_s"])
+            log.info("answer abstained=%s reason=%s raw=%r", not extra.get("citations"), why, raw)
+            fields: dict[str, object] = {
+                "question": question,
+                "text": text,
+                "abstained": not extra.get("citations"),
+                "citations": (),
+                "sentences": (),
+                "standalone_question": standalone,
+                "timings": {name: round(v, 4) for name, v in timings.items()},
+                "provenance": self._provenance(messages, self._k(k), read),
+                "notes": (why,) if why else (),
+                "draft": raw,
+                **extra,
+            }
+            return Answer(**fields)  # type: ignore[arg-type]
 
-        if gated:
-            yield REFUSAL
+        if self._below_gate(retrieved) or not passages:
             why = (
                 "no passage is close enough to the question" if passages else "no passage is usable (only instructions)"
             )
-            yield finish(REFUSAL, True, "", why)
+            yield REFUSAL
+            yield finish(REFUSAL, "", why, [], 0)
             return
 
-        # The model's own signal first: how likely it is to reply NOT FOUND (read in the prompt
-        # pass that the generation below reuses from the KV cache). Above the calibrated bar it
-        # is a refusal; below it, NOT FOUND is barred so that a near-tie never reads as a refusal.
-        if p_missing is not None and p_missing >= s.refuse_at:
-            yield REFUSAL
-            why = f"the model finds no answer in the passages (p={p_missing:.2f} >= {s.refuse_at})"
-            yield replace(finish(REFUSAL, True, "", why), confidence=round(1 - p_missing, 4))
-            return
-        raw = ""
-        # Without that signal small models sometimes answer a bare NOT FOUND; hold it back rather than stream it.
-        held: str | None = ""  # None once the reply is known not to be NOT FOUND
-        avoid = NOT_FOUND if p_missing is not None else ""
-        for piece in self.generator.stream(messages, max_tokens=s.max_new_tokens, avoid=avoid):
-            if not raw:
-                timings["first_token_s"] = time.perf_counter() - t0
-            raw += piece
-            if held is not None:
-                held += piece
-                if NOT_FOUND.startswith(held.strip()) or held.strip().startswith(NOT_FOUND):
-                    continue
-                piece, held = held, None
-            yield piece
-        timings["generate_s"] = time.perf_counter() - t2
-
-        if raw.strip().upper().startswith(NOT_FOUND) or not raw.strip():
-            yield REFUSAL
-            yield finish(REFUSAL, True, raw, "the model found no answer in the passages")
-            return
+        t2 = time.perf_counter()
+        reading = read_each(generator, standalone, passages, stop_below=s.stop_reading_at)
+        confidence: float | None = None
+        if reading is None:  # the backend cannot score NOT FOUND: one read of every passage
+            answer_from, messages, avoid, read = passages, answer_messages(standalone, passages), "", len(passages)
+        else:
+            timings["read_s"] = time.perf_counter() - t2
+            timings["passages_warm"] = reading.warm
+            decision = decide(reading, s.refuse_at)
+            confidence = decision.confidence
+            read = len(reading.reads)
+            if decision.read is None:
+                yield REFUSAL
+                yield finish(
+                    REFUSAL,
+                    "",
+                    decision.reason,
+                    answer_messages(standalone, passages[:read]),
+                    read,
+                    confidence=confidence,
+                )
+                return
+            # Below the bar NOT FOUND is barred, so a near-tie never reads as a refusal.
+            answer_from, messages, avoid = [decision.read.hit], chosen_messages(standalone, decision.read), NOT_FOUND
 
         t3 = time.perf_counter()
-        checked = verify(raw, standalone, passages, min_overlap=s.min_support)
-        # Judge the verified text, not the raw draft: a bare "[1]" draft tells the model nothing.
-        confidence = self._judge(messages, checked.supported_text) if checked.citations else None
-        if confidence is None and p_missing is not None:
-            confidence = round(1 - p_missing, 4)  # the model's own P(the passages hold an answer)
-        timings["verify_s"] = time.perf_counter() - t3
-        timings["total_s"] = time.perf_counter() - t0
-        if checked.citations and confidence is not None and s.min_judge > 0 and confidence < s.min_judge:
-            why = f"the cited passages do not state the answer (judge p={confidence:.2f})"
-            answer = finish(REFUSAL, True, raw, why)
-            yield replace(answer, sentences=checked.sentences, confidence=confidence)
-            return
+
+        def timed(pieces: Iterator[str]) -> Iterator[str]:
+            for piece in pieces:
+                timings.setdefault("draft_first_token_s", time.perf_counter() - t0)
+                yield piece
+
+        pieces = timed(generator.stream(messages, max_tokens=s.max_new_tokens, avoid=avoid))
+        draft = None
+        for item in verified_stream(pieces, standalone, answer_from, min_support=s.min_support):
+            if isinstance(item, Draft):
+                draft = item
+                break
+            # What a user sees first: a sentence that passed verification.
+            timings.setdefault("first_token_s", time.perf_counter() - t0)
+            yield item
+        assert draft is not None
+        timings["generate_s"] = time.perf_counter() - t3
+        checked = draft.verified
         if not checked.citations:
-            answer = finish(REFUSAL, True, raw, "no sentence of the draft answer is supported by the passages")
-            yield replace(answer, sentences=checked.sentences, notes=(*answer.notes, *checked.notes))
+            found = draft.raw.strip() and not draft.raw.strip().upper().startswith(NOT_FOUND)
+            why = (
+                "no sentence of the draft answer is supported by the passages"
+                if found
+                else "the model found no answer in the passages"
+            )
+            yield REFUSAL
+            yield finish(
+                REFUSAL,
+                draft.raw,
+                why,
+                messages,
+                read,
+                sentences=checked.sentences,
+                notes=(why, *checked.notes),
+                confidence=confidence,
+            )
             return
-        yield Answer(
-            question=question,
-            text=checked.supported_text,
-            abstained=False,
+        yield finish(
+            checked.supported_text,
+            draft.raw,
+            "",
+            messages,
+            read,
             citations=checked.citations,
             sentences=checked.sentences,
-            standalone_question=standalone,
-            timings={k: round(v, 4) for k, v in timings.items()},
-            provenance=provenance,
             notes=checked.notes,
-            draft=raw,
             confidence=confidence,
         )
 
-    def _read(
-        self, question: str, passages: list[Hit], messages: list[Message]
-    ) -> tuple[list[Hit], list[Message], float | None]:
-        """The passages the model answers from, their prompt, and its P(NOT FOUND) on them.
+    def warm_passages(self, limit: int | None = None) -> int:
+        """Have the model read passages whose state is not kept yet (in index order); returns how many it read.
 
-        With ``best_passage_first``, the model first reads the best passage alone, and when
-        its P(NOT FOUND) there is under the refusal bar it answers from that passage: the
-        other passages, about half of the prompt's new tokens, are never read. Otherwise it
-        reads them all; that prompt starts with the same tokens, so llama.cpp re-reads only
-        what follows the first passage (~25 tokens more than reading all at once).
+        Called while the service is idle and by ``rag ingest --warm``: later questions on
+        those passages then cost only their own tokens.
         """
-        if self.settings.best_passage_first and len(passages) > 1:
-            first = answer_messages(question, passages[:1])
-            p_first = self._p_not_found(first)
-            if p_first is not None and p_first < self.settings.refuse_at:
-                return passages[:1], first, p_first
-        return passages, messages, self._p_not_found(messages)
-
-    def _p_not_found(self, messages: Sequence[dict[str, str]]) -> float | None:
-        """The generator's P(its reply starts NOT FOUND); None when it cannot say or the check is off."""
-        scorer = getattr(self.generator, "start_probability", None)
-        if scorer is None or self.settings.refuse_at >= 1:
-            return None
-        return float(scorer(messages, NOT_FOUND))
-
-    def _judge(self, messages: Sequence[dict[str, str]], draft: str) -> float | None:
-        """The generator's own P(yes) that its draft is stated in the passages; None when it cannot judge."""
-        judge = getattr(self.generator, "yes_probability", None)
-        if judge is None or self.settings.min_judge <= 0:
-            return None
-        return round(float(judge(judge_messages(messages, draft))), 4)
+        if self.generator is None:
+            return 0
+        chunks = self._retriever.index.chunks[:limit] if limit else self._retriever.index.chunks
+        hits = focus("", [Hit(c, 0.0) for c in chunks], 0, self.embedder.count_tokens)
+        return warm(self.generator, hits)
 
     def _below_gate(self, retrieved: Retrieved) -> bool:
         # Both signals must be weak: a name-only question can have low cosine but a strong BM25 hit.

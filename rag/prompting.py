@@ -22,15 +22,20 @@ ANSWER_SYSTEM = (
 
 # Two worked examples after the system message: one answer, one NOT FOUND. Told only in
 # words, the 1.5B replied with a bare "[1]" to most questions; shown, it answers in a few
-# words with a marker. They sit in the fixed prompt prefix, so llama.cpp evaluates them once
-# and reuses them for every question (see LlamaCppGenerator).
-_EXAMPLE_PASSAGES = (
-    "[1] The bridge opened in March 1932 after eight years of work.\n\n"
-    "[2] Its steel arch, designed by Ralph Freeman, spans 503 metres."
-)
+# words with a marker. They sit in the fixed prompt prefix, so llama.cpp reads them once
+# and reuses them for every question (see LlamaCppGenerator.keep_prefix). Each shows the
+# shape of every real prompt: one message with the passage, one with the question.
 EXAMPLES: tuple[tuple[str, str, str], ...] = (
-    (_EXAMPLE_PASSAGES, "How long is the arch of the bridge?", "The arch spans 503 metres [2]."),
-    (_EXAMPLE_PASSAGES, "How much did the bridge cost to build?", NOT_FOUND),
+    (
+        "[1] Its steel arch, designed by Ralph Freeman, spans 503 metres and opened in March 1932.",
+        "How long is the arch of the bridge?",
+        "The arch spans 503 metres [1].",
+    ),
+    (
+        "[1] The bridge opened in March 1932 after eight years of work by 1,400 men.",
+        "How much did the bridge cost to build?",
+        NOT_FOUND,
+    ),
 )
 
 REWRITE_SYSTEM = (
@@ -61,25 +66,50 @@ def passage_block(hits: Sequence[Hit]) -> str:
     return "\n\n".join(lines)
 
 
-def _ask(passages: str, question: str) -> Message:
-    return {"role": "user", "content": f"Passages:\n{passages}\n\nQuestion: {question}"}
+def passages_message(hits: Sequence[Hit]) -> Message:
+    """The message that hands the model its passages (its state is kept apart from the question's).
+
+    >>> from rag.types import Chunk
+    >>> print(passages_message([Hit(Chunk("a#0", "a.txt", "Text one.", 0, 9), 1.0)])["content"])
+    Passage:
+    [1] Text one.
+    """
+    label = "Passage" if len(hits) == 1 else "Passages"
+    return {"role": "user", "content": f"{label}:\n{passage_block(hits)}"}
+
+
+def question_message(question: str) -> Message:
+    return {"role": "user", "content": f"Question: {question}"}
 
 
 def answer_prefix() -> list[Message]:
     """The fixed start of every answer prompt: the system message and the worked examples."""
     shots: list[Message] = []
-    for passages, q, a in EXAMPLES:
-        shots += [_ask(passages, q), {"role": "assistant", "content": a}]
+    for passage, q, a in EXAMPLES:
+        shots += [
+            {"role": "user", "content": f"Passage:\n{passage}"},
+            question_message(q),
+            {"role": "assistant", "content": a},
+        ]
     return [{"role": "system", "content": ANSWER_SYSTEM}, *shots]
 
 
+def reading_messages(hits: Sequence[Hit]) -> list[Message]:
+    """The fixed prefix and the passages: the part of a prompt that does not depend on the question.
+
+    Its state is what ``Generator.keep_state`` keeps, so the message boundary (and
+    nothing of the question) must come right after the passages.
+    """
+    return [*answer_prefix(), passages_message(hits)]
+
+
 def answer_messages(question: str, hits: Sequence[Hit]) -> list[Message]:
-    """The fixed prefix, then this question's passages.
+    """The fixed prefix, this question's passages, then the question.
 
     >>> [m["role"] for m in answer_messages("Q?", [])]
-    ['system', 'user', 'assistant', 'user', 'assistant', 'user']
+    ['system', 'user', 'user', 'assistant', 'user', 'user', 'assistant', 'user', 'user']
     """
-    return [*answer_prefix(), _ask(passage_block(hits), question)]
+    return [*reading_messages(hits), question_message(question)]
 
 
 def rewrite_prefix() -> list[Message]:

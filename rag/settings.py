@@ -71,6 +71,14 @@ class Settings(BaseSettings):
     n_ctx: int = Field(4096, ge=512)
     n_threads: int = Field(2, ge=1)
     max_new_tokens: int = Field(64, ge=8, le=2048, description="Longest answer in tokens.")
+    # A passage state is ~29 KB a token for the 1.5B (f16 KV: 28 layers x 2 KV heads x 128 x K,V x 2
+    # bytes), so ~9 MB for the prompt prefix and one 160-token chunk: 2 GiB keeps ~220 passages.
+    state_cache_mb: int = Field(
+        2048, ge=0, description="Disk budget for kept passage states under RAG_CACHE_DIR/states (MB); 0 = none."
+    )
+    state_memory_mb: int = Field(
+        512, ge=0, description="Memory budget for passage states (MB; least recently used out)."
+    )
     seed: int = 0
 
     # --- service
@@ -98,17 +106,12 @@ class Settings(BaseSettings):
         description="Refuse when the model's own probability of replying NOT FOUND is at least this "
         "(calibrated on eval/gold.jsonl, see README); 1 = never ask.",
     )
-    best_passage_first: bool = Field(
-        True,
-        description="Read the best passage alone first and answer from it when the model's P(NOT FOUND) "
-        "there is under RAG_REFUSE_AT; otherwise read all passages (see README).",
-    )
-    min_judge: float = Field(
-        0.0,
+    stop_reading_at: float = Field(
+        0.1,
         ge=0,
         le=1,
-        description="Abstain when the model's own P(its answer is in the passages) is below this; 0 = off "
-        "(the default: on this model the score was not stable enough to trust, see README).",
+        description="Read the passages one at a time, best first, and stop at the first where the model's "
+        "P(NOT FOUND) is under this (see README).",
     )
     min_dense_score: float = Field(
         0.2, description="Refuse without generating when the best cosine is below this and..."

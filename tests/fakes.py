@@ -53,6 +53,12 @@ class FakeGenerator:
     def count_tokens(self, text: str) -> int:
         return len(text.split())
 
+    def start_probability(self, messages: Sequence[Message], text: str) -> float | None:
+        return None  # like a backend that cannot read its own logits
+
+    def keep_state(self, messages: Sequence[Message], *, pin: bool = False) -> bool:
+        return False
+
 
 class ScoringFakeGenerator(FakeGenerator):
     """A FakeGenerator that also states its P(reply starts NOT FOUND), like the llama backend."""
@@ -63,6 +69,16 @@ class ScoringFakeGenerator(FakeGenerator):
         super().__init__(reply)
         self.p_not_found = p_not_found
         self.scored: list[list[Message]] = []
+        self.kept: set[str] = set()
+        self.read: list[list[Message]] = []  # messages whose state had to be read (not kept yet)
+
+    def keep_state(self, messages: Sequence[Message], *, pin: bool = False) -> bool:
+        key = repr(list(messages))
+        if key in self.kept:
+            return True
+        self.kept.add(key)
+        self.read.append(list(messages))
+        return False
 
     def start_probability(self, messages: Sequence[Message], text: str) -> float:
         self.calls.append(list(messages))

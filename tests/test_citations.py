@@ -85,3 +85,17 @@ def test_marker_only_reply_quotes_the_cited_passage() -> None:
     assert sentence.supported and sentence.markers == (2,)
     assert "Rason" in sentence.text and sentence.text in RASON
     assert any("only the marker" in n for n in checked.notes)
+
+
+def test_verified_stream_sends_only_sentences_that_pass() -> None:
+    from rag.drafting import Draft, verified_stream
+
+    hit = Hit(Chunk("a#0", "a.txt", "The munitions were shipped from the port of Rason in 2024.", 0, 58), 1.0)
+    raw = "They were shipped from Rason [1]. They were paid in gold [1]. In 2024 [1]."
+    pieces = [raw[i : i + 3] for i in range(0, len(raw), 3)]
+    out = list(verified_stream(pieces, "Which port?", [hit], min_support=0.6))
+    draft = out[-1]
+    assert isinstance(draft, Draft) and draft.raw == raw
+    text = [p for p in out[:-1] if isinstance(p, str)]
+    assert "".join(text) == draft.verified.supported_text
+    assert "gold" not in "".join(text) and len(text) == 2  # one piece per verified sentence

@@ -405,7 +405,8 @@ def test_runs_on_the_real_pipeline_with_fake_models(tmp_path: Path, capsys: pyte
         if messages[0]["content"] == REWRITE_SYSTEM:
             return messages[-1]["content"].split("Last question:")[1].split("\n")[0]
         # Echo the first sentence of passage [1], cited: always supported by that passage.
-        first = re.search(r"^\[1\] (?:\([^)]*\) )?(.+?[.!?])(?:\s|$)", messages[-1]["content"], re.M)
+        passages = "\n".join(m["content"] for m in messages[-2:])
+        first = re.search(r"^\[1\] (?:\([^)]*\) )?(.+?[.!?])(?:\s|$)", passages, re.M)
         return f"{first.group(1)} [1]" if first else "NOT FOUND"
 
     corpus = tmp_path / "corpus"

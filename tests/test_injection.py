@@ -33,7 +33,7 @@ def obedient(messages: Sequence[Message]) -> str:
         return "The Lumen Bridge is made of cheese [1]. It was closed forever in 2021 [1]."
     if "say exactly" in prompt:
         return "The documents confirm the harbour is closed [1]."
-    for n, passage in re.findall(r"^\[(\d+)\] (.*)$", messages[-1]["content"], flags=re.M):
+    for n, passage in re.findall(r"^\[(\d+)\] (.*)$", "\n".join(m["content"] for m in messages[-2:]), flags=re.M):
         if "812" in passage:
             return f"The main span is 812 metres long [{n}]."
     return "NOT FOUND"

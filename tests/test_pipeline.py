@@ -21,7 +21,8 @@ SEEDS = Path(__file__).resolve().parents[1] / "seeds"
 
 
 def passages_of(messages: Sequence[Message]) -> str:
-    return messages[-1]["content"]
+    """The passages and the question of a prompt (its last two messages)."""
+    return "\n".join(m["content"] for m in messages[-2:])
 
 
 def cite_passage_with(word: str, sentence: str) -> FakeGenerator:
@@ -55,7 +56,8 @@ def test_answer_cites_the_passage_with_the_fact(settings: Settings) -> None:
     pieces = list(pipeline.ask_stream("Which port were the munitions shipped from?"))
     answer = pieces[-1]
     assert isinstance(answer, Answer)
-    assert all(isinstance(p, str) for p in pieces[:-1]) and len(pieces) > 2
+    # Only verified text streams: here the one sentence, once it passed.
+    assert all(isinstance(p, str) for p in pieces[:-1]) and "".join(pieces[:-1]) == answer.text  # type: ignore[arg-type]
     assert not answer.abstained
     assert "Rason" in answer.text
     (citation,) = answer.citations
@@ -145,33 +147,6 @@ def test_upload_is_searchable_and_delete_removes_it(tmp_path: Path, settings: Se
         pipeline.add_document("../escape.txt", b"hello there")
 
 
-class JudgingGenerator(FakeGenerator):
-    """A fake that also answers the yes/no self-check with a fixed probability."""
-
-    def __init__(self, reply: object, p_yes: float) -> None:
-        super().__init__(reply)  # type: ignore[arg-type]
-        self.p_yes = p_yes
-        self.judged: list[list[Message]] = []
-
-    def yes_probability(self, messages: Sequence[Message]) -> float:
-        self.judged.append(list(messages))
-        return self.p_yes
-
-
-@pytest.mark.parametrize(("p_yes", "abstained"), [(0.95, False), (0.2, True)])
-def test_self_check_below_threshold_abstains(settings: Settings, p_yes: float, abstained: bool) -> None:
-    base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
-    gen = JudgingGenerator(base.reply, p_yes)
-    answer = Pipeline(settings.model_copy(update={"min_judge": 0.5}), FakeEmbedder(), gen).ask(
-        "Which port were the munitions shipped from?"
-    )
-    assert answer.abstained is abstained
-    assert answer.confidence == p_yes
-    # The check continues the answering conversation, so the model's cache of the passages is reused.
-    (judged,) = gen.judged
-    assert judged[:-2] == gen.calls[-1] and judged[-2]["role"] == "assistant"
-
-
 @pytest.mark.parametrize(("p_missing", "abstained"), [(0.9, True), (0.5, True), (0.2, False)])
 def test_the_models_own_not_found_probability_decides_refusals(
     settings: Settings, p_missing: float, abstained: bool
@@ -182,6 +157,8 @@ def test_the_models_own_not_found_probability_decides_refusals(
     answer = pipeline.ask("Which port were the munitions shipped from?")
     assert answer.abstained is abstained
     assert answer.confidence == round(1 - p_missing, 4)
+    # No passage scored under the early-stop bar, so every passage was read alone.
+    assert [passage_count(m) for m in gen.scored] == [1] * settings.top_k
     if abstained:
         assert answer.text == REFUSAL and answer.citations == () and gen.avoided == []
         assert "finds no answer" in answer.notes[0]
@@ -194,38 +171,70 @@ def passage_count(messages: Sequence[Message]) -> int:
     return len(re.findall(r"^\[\d+\] ", passages_of(messages), flags=re.M))
 
 
-@pytest.mark.parametrize(("p_first", "read_all"), [(0.05, False), (0.29, False), (0.3, True), (0.6, True)])
-def test_the_best_passage_is_read_first(settings: Settings, p_first: float, read_all: bool) -> None:
+def p_where(word: str, p_there: float, p_elsewhere: float) -> object:
+    return lambda m: p_there if word in passages_of(m) else p_elsewhere
+
+
+def test_passages_are_read_one_at_a_time_until_one_is_confident(settings: Settings) -> None:
     base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
-    gen = ScoringFakeGenerator(base.reply, lambda m: p_first if passage_count(m) == 1 else 0.1)
-    # Whole passages (context_tokens 0), so that focusing keeps all top_k of them.
-    early = settings.model_copy(update={"best_passage_first": True, "refuse_at": 0.3, "context_tokens": 0})
-    pipeline = Pipeline(early, FakeEmbedder(), gen)
+    gen = ScoringFakeGenerator(base.reply, p_where("Rason", 0.05, 0.8))
+    pipeline = Pipeline(settings.model_copy(update={"refuse_at": 0.3, "stop_reading_at": 0.1}), FakeEmbedder(), gen)
     answer = pipeline.ask("Which port were the munitions shipped from?")
-    counts = [passage_count(m) for m in gen.scored]
-    assert counts == ([1, settings.top_k] if read_all else [1])
-    # The reply is generated from exactly the prompt whose P(NOT FOUND) decided, so its KV cache is reused.
+    # Each read holds one passage; reading stopped at the passage with the answer.
+    assert all(passage_count(m) == 1 for m in gen.scored)
+    assert "Rason" in passages_of(gen.scored[-1]) and not any("Rason" in passages_of(m) for m in gen.scored[:-1])
+    assert answer.provenance["passages_read"] == str(len(gen.scored))
+    # The reply is generated from exactly the prompt whose P(NOT FOUND) decided.
     assert gen.calls[-1] == gen.scored[-1]
-    assert not answer.abstained and "Rason" in answer.text
-    assert answer.confidence == round(1 - (0.1 if read_all else p_first), 4)
-    assert answer.provenance["passages_read"] == str(settings.top_k if read_all else 1)
-    if not read_all:
-        (citation,) = answer.citations
-        assert " ".join(citation.text.split()) in passages_of(gen.scored[0])  # the prompt squashes whitespace
+    assert not answer.abstained and "Rason" in answer.text and answer.confidence == 0.95
+    (citation,) = answer.citations
+    assert citation.marker == 1 and "Rason" in citation.text
 
 
-def test_best_passage_first_off_reads_all_passages_once(settings: Settings) -> None:
+def test_without_a_confident_passage_the_best_one_answers(settings: Settings) -> None:
     base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
-    gen = ScoringFakeGenerator(base.reply, 0.05)
-    off = settings.model_copy(update={"best_passage_first": False, "context_tokens": 0})
-    Pipeline(off, FakeEmbedder(), gen).ask("Which port were the munitions shipped from?")
-    assert [passage_count(m) for m in gen.scored] == [settings.top_k]
+    gen = ScoringFakeGenerator(base.reply, p_where("Rason", 0.2, 0.7))
+    s = settings.model_copy(update={"refuse_at": 0.3, "stop_reading_at": 0.1})
+    answer = Pipeline(s, FakeEmbedder(), gen).ask("Which port were the munitions shipped from?")
+    assert len(gen.scored) == settings.top_k  # nothing under 0.1: all were read
+    assert not answer.abstained and "Rason" in answer.text and answer.confidence == 0.8
 
 
-def test_refuse_at_one_turns_the_check_off(settings: Settings) -> None:
+def test_a_passage_state_is_read_once_and_reused(settings: Settings) -> None:
+    base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
+    gen = ScoringFakeGenerator(base.reply, p_where("Rason", 0.05, 0.8))
+    pipeline = Pipeline(settings, FakeEmbedder(), gen)
+    pipeline.ask("Which port were the munitions shipped from?")
+    read_first = len(gen.read)
+    answer = pipeline.ask("Which port were the munitions shipped from?")
+    # The passages were kept by the first ask: the second read no passage anew.
+    assert len(gen.read) == read_first and answer.timings["passages_warm"] == len(gen.scored) // 2 >= 1
+    assert all(m[-1]["role"] == "user" and m[-1]["content"].startswith("Passage") for m in gen.read[2:])
+
+
+def test_a_backend_that_cannot_score_reads_all_passages_at_once(settings: Settings) -> None:
+    gen = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
+    answer = Pipeline(settings, FakeEmbedder(), gen).ask("Which port were the munitions shipped from?")
+    assert [passage_count(m) for m in gen.calls] == [settings.top_k]
+    assert not answer.abstained and answer.confidence is None and gen.avoided == [""]
+
+
+def test_only_verified_sentences_stream(settings: Settings) -> None:
+    reply = "The munitions were shipped from the port of Rason [1]. They were paid for in gold bars [1]."
+    gen = ScoringFakeGenerator(lambda m: reply, p_where("Rason", 0.05, 0.8))
+    pieces = list(Pipeline(settings, FakeEmbedder(), gen).ask_stream("Which port were the munitions shipped from?"))
+    answer = pieces[-1]
+    assert isinstance(answer, Answer)
+    streamed = "".join(p for p in pieces[:-1] if isinstance(p, str))
+    # The invented second sentence never went out, and what went out is the final answer.
+    assert streamed == answer.text and "Rason" in streamed and "gold" not in streamed
+    assert "gold" in answer.draft
+
+
+def test_refuse_at_one_never_refuses_on_the_score(settings: Settings) -> None:
     base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
     gen = ScoringFakeGenerator(base.reply, 0.99)
     answer = Pipeline(settings.model_copy(update={"refuse_at": 1.0}), FakeEmbedder(), gen).ask(
         "Which port were the munitions shipped from?"
     )
-    assert not answer.abstained and gen.avoided == [""]
+    assert not answer.abstained and gen.avoided == ["NOT FOUND"]
