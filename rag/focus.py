@@ -91,3 +91,21 @@ def focus(question: str, hits: Sequence[Hit], budget: int, count_tokens: Callabl
         c = hit.chunk
         out.append(Hit(Chunk(c.id, c.doc_id, c.text[a:b], c.start + a, c.start + b, c.page), hit.score))
     return out
+
+
+def readable(question: str, hits: Sequence[Hit]) -> list[Hit]:
+    """Each hit whole, unless some of its sentences address the model (``rag.injection``).
+
+    A passage without such sentences is returned as it is, the same for every question,
+    so the model's state after reading it can be kept and reused (``rag.states``). One
+    with them is narrowed to the run of sentences between them that best matches the
+    question; one made only of them is dropped.
+    """
+    out: list[Hit] = []
+    for hit in hits:
+        spans = sentence_spans(hit.chunk.text)
+        if not any(looks_like_instruction(hit.chunk.text[a:b]) for a, b in spans):
+            out.append(hit)
+        else:
+            out.extend(focus(question, [hit], 0, lambda text: 0))
+    return out

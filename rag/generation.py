@@ -290,7 +290,8 @@ class LlamaCppGenerator:
 
         The state goes to the passage-state store (memory and disk, see ``rag.states``), so a
         later prompt that starts with exactly these tokens resumes from it. Returns True when
-        nothing had to be read.
+        nothing had to be read. A kept state is not loaded here: that costs a few milliseconds
+        and happens when a prompt needs it, so checking many passages stays cheap.
         """
         if pin:
             with self._lock:
@@ -304,11 +305,8 @@ class LlamaCppGenerator:
             if self.states is None:
                 self._load(tokens)
                 return False
-            if self._shared(tokens) == len(tokens) and self.states.contains(tokens):
-                return True
-            data = self.states.get(tokens)
-            if data is not None and self._restore(tokens, data):
-                return True
+            if self.states.contains(tokens):
+                return True  # restored when a prompt that starts with it comes (``_resume_kept``)
             self._load(tokens)
             self.states.put(tokens, self._snapshot())
             return False

@@ -24,10 +24,17 @@ from rag.decision import decide
 from rag.drafting import Draft, verified_stream
 from rag.embedding import Embedder
 from rag.errors import InputError, RagError, write_failed
-from rag.focus import focus
+from rag.focus import readable
 from rag.generation import Generator, Message
-from rag.prompting import NOT_FOUND, answer_messages, answer_prefix, rewrite_messages, rewrite_prefix
-from rag.reading import chosen_messages, read_each, warm
+from rag.prompting import (
+    NOT_FOUND,
+    answer_messages,
+    answer_prefix,
+    reading_messages,
+    rewrite_messages,
+    rewrite_prefix,
+)
+from rag.reading import chosen_messages, read_each
 from rag.rerank import Reranker
 from rag.retrieval import Retrieved, Retriever
 from rag.settings import Settings
@@ -56,6 +63,7 @@ class Pipeline:
         self._lock = threading.Lock()  # serializes index swaps (uploads, deletes)
         self._rewrites: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], str] = OrderedDict()
         self._rewrites_lock = threading.Lock()
+        self._warm_cursor = 0  # next chunk for warm_next (an index swap starts over)
         self._retriever = Retriever(
             load_index(settings.index_dir, embedder.id),
             embedder,
@@ -143,8 +151,10 @@ class Pipeline:
         t1 = time.perf_counter()
         retrieved = self._retrieve(standalone, self._k(k))
         # Whole passages, less any sentence that addresses the model (it never reaches a prompt).
-        passages = focus(standalone, retrieved.hits, 0, self.embedder.count_tokens)
+        passages = readable(standalone, retrieved.hits)
         timings["retrieve_s"] = time.perf_counter() - t1
+        # The signals a refusal is decided on, kept with the answer so the decision can be replayed and refit.
+        signals = {"top_dense": f"{retrieved.top_dense:.4f}", "top_keyword": f"{retrieved.top_keyword:.4f}"}
 
         def finish(text: str, raw: str, why: str, messages: Sequence[Message], read: int, **extra: object) -> Answer:
             timings["total_s"] = time.perf_counter() - t0
@@ -158,7 +168,7 @@ class Pipeline:
                 "sentences": (),
                 "standalone_question": standalone,
                 "timings": {name: round(v, 4) for name, v in timings.items()},
-                "provenance": self._provenance(messages, self._k(k), read),
+                "provenance": {**self._provenance(messages, self._k(k), read), **signals},
                 "notes": (why,) if why else (),
                 "draft": raw,
                 **extra,
@@ -181,6 +191,7 @@ class Pipeline:
         else:
             timings["read_s"] = time.perf_counter() - t2
             timings["passages_warm"] = reading.warm
+            signals["p_not_found"] = " ".join(f"{r.rank}:{r.p_not_found:.4f}" for r in reading.reads)
             decision = decide(reading, s.refuse_at)
             confidence = decision.confidence
             read = len(reading.reads)
@@ -248,17 +259,24 @@ class Pipeline:
             confidence=confidence,
         )
 
-    def warm_passages(self, limit: int | None = None) -> int:
-        """Have the model read passages whose state is not kept yet (in index order); returns how many it read.
+    def warm_next(self) -> bool:
+        """Have the model read the next passage (in index order) whose state is not kept yet.
 
-        Called while the service is idle and by ``rag ingest --warm``: later questions on
-        those passages then cost only their own tokens.
+        Returns False once every passage is kept (or without a generator). The service calls
+        it while idle and ``rag ingest --warm`` until done: later questions on those passages
+        then cost only their own tokens. One call reads at most one passage (a few seconds
+        cold), so a question that arrives meanwhile waits at most that long.
         """
         if self.generator is None:
-            return 0
-        chunks = self._retriever.index.chunks[:limit] if limit else self._retriever.index.chunks
-        hits = focus("", [Hit(c, 0.0) for c in chunks], 0, self.embedder.count_tokens)
-        return warm(self.generator, hits)
+            return False
+        chunks = self._retriever.index.chunks
+        while self._warm_cursor < len(chunks):
+            chunk = chunks[self._warm_cursor]
+            self._warm_cursor += 1
+            for hit in readable("", [Hit(chunk, 0.0)]):
+                if not self.generator.keep_state(reading_messages([hit])):
+                    return True
+        return False
 
     def _below_gate(self, retrieved: Retrieved) -> bool:
         # Both signals must be weak: a name-only question can have low cosine but a strong BM25 hit.
@@ -275,7 +293,8 @@ class Pipeline:
             "k": str(k),
             "candidates": str(self.settings.candidates),
             "reranker": self.reranker.id if self.reranker else "none",
-            "context_tokens": str(self.settings.context_tokens),
+            "refuse_at": str(self.settings.refuse_at),
+            "stop_reading_at": str(self.settings.stop_reading_at),
             "passages_read": str(read),  # 1 when the best passage alone settled it; 0 when refused unread
             "prompt_sha256": prompt_hash,
         }
@@ -332,6 +351,7 @@ class Pipeline:
         self._retriever = Retriever(
             index, self.embedder, candidates=self.settings.candidates, rrf_k=self.settings.rrf_k
         )
+        self._warm_cursor = 0  # new or changed chunks may sit anywhere in the new index
 
     def info(self) -> dict[str, object]:
         index = self._retriever.index

@@ -67,11 +67,6 @@ def read_each(
     return Reading(tuple(reads))
 
 
-def warm(generator: Generator, passages: Sequence[Hit]) -> int:
-    """Keep the state of each passage (read alone) that is not kept yet; returns how many were read."""
-    return sum(not generator.keep_state(reading_messages([hit])) for hit in passages)
-
-
 def chosen_messages(question: str, read: PassageRead) -> list[Message]:
     """The prompt to answer from: the chosen passage alone, then the question (its state is kept)."""
     return answer_messages(question, [read.hit])

@@ -56,10 +56,6 @@ class Settings(BaseSettings):
     reranker_path: Path | None = Field(None, description="Folder of a sentence-transformers CrossEncoder.")
     rerank_candidates: int = Field(8, ge=1, le=50, description="Fused candidates the reranker scores.")
 
-    context_tokens: int = Field(
-        160, ge=0, le=4000, description="Token budget for passage text in the prompt (best sentences kept); 0 = whole."
-    )
-
     # --- generation
     generator: Literal["llama", "transformers"] = Field("llama", description="Generator backend.")
     generator_model: Literal["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"] = Field(

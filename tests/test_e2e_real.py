@@ -39,11 +39,6 @@ def test_off_topic_question_is_refused(real_pipeline: Any) -> None:
     assert answer.abstained and answer.citations == ()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the follow-up is rewritten well, but the 1.5B's short answer comes from another "
-    "sentence of the passages (the eval's q073 shows the same)",
-)
 def test_follow_up_is_answered_from_history(real_pipeline: Any) -> None:
     first = real_pipeline.ask("What did North Korea test on October 30, 2024?")
     history = [Turn("user", "What did North Korea test on October 30, 2024?"), Turn("assistant", first.text)]

@@ -142,3 +142,46 @@ def test_count_tokens(generator: LlamaCppGenerator) -> None:
     assert generator.count_tokens("") == 0
     assert 0 < generator.count_tokens("hello world") <= 3
     assert generator.count_tokens("hello world " * 50) > generator.count_tokens("hello world")
+
+
+def test_a_passage_state_restored_from_disk_answers_exactly_as_a_fresh_read(
+    generator: LlamaCppGenerator, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """The promise behind passage states: P(NOT FOUND) and the answer are the same, bit for bit."""
+    from rag.prompting import NOT_FOUND, answer_messages, reading_messages
+    from rag.states import StateStore
+    from rag.types import Chunk, Hit
+
+    text = (
+        "The Blue Harbor library opens at 7:15 and closes at 19:30. Its door code is 4417. "
+        "The reading room on the second floor holds 12,000 maps of the northern coast."
+    )
+    passage = Hit(Chunk("d#0", "d.txt", text, 0, len(text)), 1.0)
+    questions = ["What is the door code?", "How many maps are in the reading room?", "Who founded the library?"]
+    folder = tmp_path_factory.mktemp("states")
+    saved = generator.states
+    try:
+        generator.states = StateStore(generator.id, folder, disk_bytes=10**9)
+        assert generator.keep_state(reading_messages([passage])) is False  # read now, and saved
+        cold = []
+        for q in questions:
+            generator.keep_state(reading_messages([passage]))
+            messages = answer_messages(q, [passage])
+            cold.append(
+                (generator.start_probability(messages, NOT_FOUND), "".join(generator.stream(messages, max_tokens=24)))
+            )
+        # A new store over the same folder (nothing in memory) and a context that read something else.
+        generator.states = StateStore(generator.id, folder, disk_bytes=10**9)
+        list(generator.stream(FACT_QUESTION, max_tokens=4))
+        warm = []
+        for q in questions:
+            assert generator.keep_state(reading_messages([passage])) is True
+            messages = answer_messages(q, [passage])
+            warm.append(
+                (generator.start_probability(messages, NOT_FOUND), "".join(generator.stream(messages, max_tokens=24)))
+            )
+        assert generator.states.stats.disk_hits == 1 and generator.states.stats.rejected == 0
+        assert warm == cold
+        assert "4417" in cold[0][1] and cold[2][0] > cold[0][0]
+    finally:
+        generator.states = saved

@@ -238,3 +238,23 @@ def test_refuse_at_one_never_refuses_on_the_score(settings: Settings) -> None:
         "Which port were the munitions shipped from?"
     )
     assert not answer.abstained and gen.avoided == ["NOT FOUND"]
+
+
+def test_warming_reads_each_passage_once_then_stops(settings: Settings) -> None:
+    gen = ScoringFakeGenerator(lambda m: "NOT FOUND", 0.9)
+    pipeline = Pipeline(settings, FakeEmbedder(), gen)
+    pinned = len(gen.read)  # the fixed prefixes
+    steps = 0
+    while pipeline.warm_next():
+        steps += 1
+        assert len(gen.read) == pinned + steps  # one passage per call
+    assert steps == len(pipeline._retriever.index.chunks)
+    assert not pipeline.warm_next()
+    # Questions now find every whole-chunk passage kept; only a passage merged from two
+    # overlapping chunks (rag.retrieval.merge_overlapping) is new text to read.
+    question = "Which port were the munitions shipped from?"
+    chunk_texts = {c.text for c in pipeline._retriever.index.chunks}
+    merged = [h for h in pipeline.search(question) if h.chunk.text not in chunk_texts]
+    answer = pipeline.ask(question)
+    assert len(gen.read) == pinned + steps + len(merged)
+    assert answer.timings["passages_warm"] == settings.top_k - len(merged)
