@@ -242,7 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", type=Path, default=None, help="corpus the gold set is about (default: seeds/)")
     p.add_argument("--thresholds", type=Path, default=Path("eval/thresholds.json"))
     p.add_argument("--out", type=Path, default=Path("eval"), help="folder for report.json and report.md")
-    p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--split", default=None, help="only the questions of this split (e.g. tune, heldout)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions (after --split)")
     p.add_argument("--retrieval-only", action="store_true", help="skip answer generation")
 
     p = add("bench", cmd_bench, "Measure speed on this machine (ingest, retrieval at scale, answers).")
