@@ -46,7 +46,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings = _settings(args)
     corpus = args.path if args.path is not None else settings.corpus_dir
     embedder = load_embedder(settings)
-    report = ingest(corpus, settings.index_dir, embedder, settings, rebuild=args.rebuild, progress=not args.json)
+    # Progress goes to stderr, so --json keeps stdout to one JSON object.
+    report = ingest(corpus, settings.index_dir, embedder, settings, rebuild=args.rebuild, progress=True)
     if args.json:
         _print_json(report.to_dict())
     else:
