@@ -430,3 +430,45 @@ def test_cli_ingest_json_shows_progress_on_stderr_only(
     assert lines[0].startswith("ingest: ") and "chunks/s" in lines[0]
     assert lines[-1].startswith(f"ingest: 3/3 documents, {report['chunks_total']} chunks in ")
 
+
+# --------------------------------------------------------------------------- contextual headers
+
+
+def test_contextual_header_is_embedded_and_searched_but_passages_stay_exact(corpus: Path, tmp_path: Path) -> None:
+    from rag.retrieval import Retriever
+
+    (corpus / "delta.txt").write_text("Walrus colonies\n\n" + long_text("delta"))
+    index_dir = tmp_path / "idx"
+    plain = Settings(chunk_tokens=48, chunk_overlap=8)
+    run(corpus, index_dir, CountingEmbedder(), plain)
+    assert load_index(index_dir).manifest.contextual_header is False
+
+    emb = CountingEmbedder()
+    with_header = Settings(chunk_tokens=48, chunk_overlap=8, contextual_header=True)
+    report = run(corpus, index_dir, emb, with_header)
+    assert report.rebuild_reason and "RAG_CONTEXTUAL_HEADER" in report.rebuild_reason
+    index = load_index(index_dir)
+    assert index.manifest.contextual_header is True
+    entry = index.manifest.documents["delta.txt"]
+    assert entry.header == "Walrus colonies"
+    assert index.manifest.documents["alpha.txt"].header == "alpha"  # a long first line: the file name instead
+    texts = {d.id: d.text for d in load_corpus(corpus)[0]}
+    delta = [c for c in index.chunks if c.doc_id == "delta.txt"]
+    assert len(delta) > 2
+    for c in index.chunks:
+        assert texts[c.doc_id][c.start : c.end] == c.text  # offsets untouched
+    # The embedder read every passage under its header, the first one (which starts with it) once.
+    assert emb.seen.count(delta[0].text) == 1
+    assert all(f"Walrus colonies\n{c.text}" in emb.seen for c in delta[1:])
+    # BM25 finds a deep passage by a word only its header holds.
+    retriever = Retriever(index, emb, candidates=len(index.chunks))
+    rows = retriever.keyword.search("walrus", len(index.chunks))
+    assert {index.chunks[r].doc_id for r, _ in rows} == {"delta.txt"} and len(rows) == len(delta)
+
+    # The saved manifest says so; turning headers off again rebuilds.
+    manifest = json.loads((index_dir / index.version / "manifest.json").read_text())
+    assert manifest["chunking"]["contextual_header"] is True
+    assert manifest["documents"]["delta.txt"]["header"] == "Walrus colonies"
+    report = run(corpus, index_dir, CountingEmbedder(), plain)
+    assert report.rebuild_reason and "turned off" in report.rebuild_reason
+    assert load_index(index_dir).manifest.documents["delta.txt"].header is None
