@@ -28,40 +28,6 @@ from rag.types import Chunk, Document
 # Sentence ends keep their punctuation (keep_separator="end"), so a passage
 # never starts with ". ".
 SEPARATORS = ["\n\n", "\n", ". ", "? ", "! ", " ", ""]
-# A first line longer than this is a paragraph, not a title.
-HEADER_CHARS = 100
-
-
-def context_header(doc_id: str, text: str) -> str:
-    """What a document is about, in a few words: its first line if short, else its file name.
-
-    Prefixed to each passage's embedding and BM25 text (``contextual_text``), never to the
-    passage itself, so a passage deep in a long document still matches questions naming it.
-
-    >>> context_header("news/a.txt", "Steam engine\\n\\nA steam engine is a heat engine.")
-    'Steam engine'
-    >>> context_header("north-korea_troops.txt", "On October 23, 2024, during the first summit of G7 "
-    ...     "defense ministers, Lloyd Austin confirmed that North Korea was preparing to send troops.")
-    'north korea troops'
-    """
-    first = text.strip().split("\n", 1)[0].strip()
-    if first and len(first) <= HEADER_CHARS:
-        return first
-    stem = doc_id.rsplit("/", 1)[-1].rsplit(".", 1)[0]
-    return re.sub(r"[-_\s]+", " ", stem).strip()
-
-
-def contextual_text(text: str, header: str | None) -> str:
-    """The text to embed and to index for BM25: ``header`` on its own line, unless the passage starts with it.
-
-    >>> contextual_text("It burns coal.", "Steam engine")
-    'Steam engine\\nIt burns coal.'
-    >>> contextual_text("Steam engine\\n\\nA steam engine...", "Steam engine")
-    'Steam engine\\n\\nA steam engine...'
-    """
-    if not header or text.startswith(header):
-        return text
-    return f"{header}\n{text}"
 
 
 def chunk_document(

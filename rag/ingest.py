@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from rag.chunking import chunk_document, context_header, contextual_text
+from rag.chunking import chunk_document
 from rag.embedding import Embedder
 from rag.errors import IndexFormatError, InputError
 from rag.loaders import load_corpus
@@ -211,7 +211,7 @@ def ingest(
         elif current_version(index_dir) is not None:
             loaded = load_index(index_dir)  # IndexFormatError says to run `rag ingest --rebuild`
             old_docs = loaded.manifest.documents
-            reason = incompatibility(loaded.manifest, embedder, chunk_tokens, overlap, settings.contextual_header)
+            reason = incompatibility(loaded.manifest, embedder, chunk_tokens, overlap)
             if reason is None:
                 previous = loaded
         if reason:
@@ -266,7 +266,7 @@ def add_or_update(index_dir: Path, doc: Document, embedder: Embedder, settings: 
         previous: Index | None = None
         if current_version(index_dir) is not None:
             previous = load_index(index_dir)
-            reason = incompatibility(previous.manifest, embedder, chunk_tokens, overlap, settings.contextual_header)
+            reason = incompatibility(previous.manifest, embedder, chunk_tokens, overlap)
             if reason:
                 raise IndexFormatError(f"Cannot add {doc.id} to the index in {index_dir}: {reason}; {REBUILD_HINT}.")
             entry = previous.manifest.documents.get(doc.id)
@@ -293,9 +293,7 @@ def remove(index_dir: Path, doc_id: str, settings: Settings, *, embedder_id: str
         return save_index(index_dir, manifest, chunks, vectors)
 
 
-def incompatibility(
-    manifest: Manifest, embedder: Embedder, chunk_tokens: int, overlap: int, header: bool = False
-) -> str | None:
+def incompatibility(manifest: Manifest, embedder: Embedder, chunk_tokens: int, overlap: int) -> str | None:
     """Why an index's vectors cannot be reused with this embedder and chunking, or None if they can."""
     if manifest.embedder_id != embedder.id or manifest.embedder_dim != embedder.dim:
         return (
@@ -307,8 +305,6 @@ def incompatibility(
             f"chunking changed from {manifest.chunk_tokens}/{manifest.overlap_tokens} "
             f"to {chunk_tokens}/{overlap} tokens (size/overlap)"
         )
-    if manifest.contextual_header != header:
-        return f"contextual headers were turned {'on' if header else 'off'} (RAG_CONTEXTUAL_HEADER)"
     return None
 
 
@@ -336,16 +332,11 @@ def compose(
     else:
         raise ValueError("an embedder is needed for new documents")
 
-    # Kept documents keep their vectors, so an index keeps the header choice it was built with.
-    with_header = settings.contextual_header
-    if previous is not None and not fresh:
-        with_header = previous.manifest.contextual_header
-    headers = {d.id: context_header(d.id, d.text) for d in fresh} if with_header else {}
     new_chunks: dict[str, list[Chunk]] = {}
     new_vectors = np.zeros((0, dim), dtype=np.float32)
     if embedder is not None and fresh:
         reporter = IngestProgress(len(fresh), sum(len(d.text) for d in fresh)) if progress else None
-        new_chunks, new_vectors = chunk_and_embed(fresh, embedder, chunk_tokens, overlap, reporter, headers)
+        new_chunks, new_vectors = chunk_and_embed(fresh, embedder, chunk_tokens, overlap, reporter)
 
     # Gather per-document blocks, then lay them out sorted by document id.
     blocks: dict[str, tuple[DocEntry, list[Chunk], np.ndarray]] = {}
@@ -364,7 +355,6 @@ def compose(
             chunk_ids=tuple(c.id for c in doc_chunks),
             chars=len(doc.text),
             page_count=len(doc.page_starts) or None,
-            header=headers.get(doc.id),
         )
         blocks[doc.id] = (entry, doc_chunks, new_vectors[offset : offset + len(doc_chunks)])
         offset += len(doc_chunks)
@@ -383,7 +373,6 @@ def compose(
         overlap_tokens=overlap,
         index_type=resolve_index_type(settings.index_type, len(chunks), settings.hnsw_threshold),
         documents={doc_id: blocks[doc_id][0] for doc_id in order},
-        contextual_header=with_header,
     )
     return manifest, chunks, vectors, len(new_vectors)
 
@@ -394,21 +383,17 @@ def chunk_and_embed(
     chunk_tokens: int,
     overlap: int,
     reporter: IngestProgress | None = None,
-    headers: Mapping[str, str] | None = None,
 ) -> tuple[dict[str, list[Chunk]], np.ndarray]:
     """Chunk ``docs`` and embed their chunks, a group of whole documents (~EMBED_GROUP_CHUNKS chunks) at a time.
 
-    With ``headers`` (document id -> header), each chunk is embedded with its document's
-    header (``contextual_text``); the chunks themselves stay exact substrings.
     Returns the chunks by document id and their vectors, rows in the order of ``docs``.
     """
-    headers = headers or {}
     chunks: dict[str, list[Chunk]] = {}
     parts: list[np.ndarray] = []
     group: list[Document] = []
 
     def flush() -> None:
-        texts = [contextual_text(c.text, headers.get(d.id)) for d in group for c in chunks[d.id]]
+        texts = [c.text for d in group for c in chunks[d.id]]
         vectors = np.asarray(embedder.embed(texts), dtype=np.float32)
         if vectors.shape != (len(texts), embedder.dim):
             raise ValueError(f"embedder returned {vectors.shape}, expected {(len(texts), embedder.dim)}")

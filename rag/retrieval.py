@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from rag.chunking import contextual_text
 from rag.embedding import Embedder
 from rag.keyword import KeywordIndex
 from rag.store import Index
@@ -81,11 +80,7 @@ class Retriever:
         self.embedder = embedder
         self.candidates = candidates
         self.rrf_k = rrf_k
-        # BM25 reads what the embedder read: with headers, each passage under its document's header.
-        docs = index.manifest.documents
-        self.keyword = KeywordIndex(
-            [contextual_text(c.text, docs[c.doc_id].header if c.doc_id in docs else None) for c in index.chunks]
-        )
+        self.keyword = KeywordIndex([c.text for c in index.chunks])
         self._row_of = {c.id: row for row, c in enumerate(index.chunks)}
 
     def retrieve(self, query: str, k: int) -> Retrieved:

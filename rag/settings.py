@@ -27,11 +27,6 @@ class Settings(BaseSettings):
     # --- chunking (lengths in the embedder's own word pieces)
     chunk_tokens: int = Field(160, ge=16, le=256, description="Max chunk length in embedder tokens.")
     chunk_overlap: int = Field(32, ge=0, le=128, description="Overlap between chunks in tokens.")
-    contextual_header: bool = Field(
-        False,
-        description="Embed and BM25-index each passage under its document's title (first line if short, else "
-        "the file name); passages and their offsets stay exact. Changing it rebuilds the index.",
-    )
 
     # --- embedding
     embed_batch_size: int = Field(32, ge=1, le=1024)

@@ -67,8 +67,6 @@ class DocEntry:
     chunk_ids: tuple[str, ...]
     chars: int
     page_count: int | None = None
-    #: ``chunking.context_header`` of the document when the index was built with headers, else None.
-    header: str | None = None
 
 
 @dataclass(frozen=True)
@@ -83,8 +81,6 @@ class Manifest:
     index_version: str = ""  # the version folder's name, set by save_index
     created_at: str = ""  # ISO 8601 UTC, set by save_index
     files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # name -> {bytes, sha256}
-    #: Embeddings and BM25 read each passage with its document's header (``RAG_CONTEXTUAL_HEADER``).
-    contextual_header: bool = False
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -92,11 +88,7 @@ class Manifest:
             "created_at": self.created_at,
             "index_version": self.index_version,
             "embedder": {"id": self.embedder_id, "dim": self.embedder_dim},
-            "chunking": {
-                "chunk_tokens": self.chunk_tokens,
-                "overlap_tokens": self.overlap_tokens,
-                "contextual_header": self.contextual_header,
-            },
+            "chunking": {"chunk_tokens": self.chunk_tokens, "overlap_tokens": self.overlap_tokens},
             "index_type": self.index_type,
             "hnsw": {"m": HNSW_M, "ef_search": HNSW_EF_SEARCH} if self.index_type == "hnsw" else None,
             "documents": {
@@ -105,7 +97,6 @@ class Manifest:
                     "chunk_ids": list(e.chunk_ids),
                     "chars": e.chars,
                     "page_count": e.page_count,
-                    **({"header": e.header} if e.header is not None else {}),
                 }
                 for doc_id, e in sorted(self.documents.items())
             },
@@ -121,7 +112,6 @@ class Manifest:
                 chunk_ids=tuple(str(c) for c in e["chunk_ids"]),
                 chars=int(e["chars"]),
                 page_count=None if e.get("page_count") is None else int(e["page_count"]),
-                header=None if e.get("header") is None else str(e["header"]),
             )
             for doc_id, e in data["documents"].items()
         }
@@ -136,8 +126,6 @@ class Manifest:
             index_version=str(data["index_version"]),
             created_at=str(data["created_at"]),
             files={str(k): dict(v) for k, v in data.get("files", {}).items()},
-            # Indexes written before headers existed had none.
-            contextual_header=bool(data["chunking"].get("contextual_header", False)),
         )
 
 
