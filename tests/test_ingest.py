@@ -429,4 +429,3 @@ def test_cli_ingest_json_shows_progress_on_stderr_only(
     lines = err.splitlines()
     assert lines[0].startswith("ingest: ") and "chunks/s" in lines[0]
     assert lines[-1].startswith(f"ingest: 3/3 documents, {report['chunks_total']} chunks in ")
-
