@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve ingest test test-fast lint eval bench clean
+.PHONY: install serve ingest test test-fast lint eval eval-squad bench clean
 
 # Idempotent: re-runs pip only when pyproject.toml changed since the last install.
 install: $(STAMP)
@@ -38,6 +38,15 @@ test: install
 	$(BIN)/python -m pytest -q
 	$(BIN)/rag ingest
 	$(BIN)/rag eval
+	$(MAKE) eval-squad
+
+# The SQuAD 2.0 set (eval/squad/): retrieval for every question, each split reported apart (one index, ~1 min).
+eval-squad: install
+	for split in tune heldout; do \
+		$(BIN)/rag eval --gold eval/squad/gold.jsonl --corpus eval/squad/corpus --index eval/squad/index \
+			--split $$split --retrieval-only --thresholds eval/squad/thresholds.json --out eval/squad/report-$$split \
+			|| exit 1; \
+	done
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not browser"

@@ -46,7 +46,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     settings = _settings(args)
     corpus = args.path if args.path is not None else settings.corpus_dir
     embedder = load_embedder(settings)
-    report = ingest(corpus, settings.index_dir, embedder, settings, rebuild=args.rebuild, progress=not args.json)
+    # Progress goes to stderr, so --json keeps stdout to one JSON object.
+    report = ingest(corpus, settings.index_dir, embedder, settings, rebuild=args.rebuild, progress=True)
     if args.json:
         _print_json(report.to_dict())
     else:
@@ -242,7 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", type=Path, default=None, help="corpus the gold set is about (default: seeds/)")
     p.add_argument("--thresholds", type=Path, default=Path("eval/thresholds.json"))
     p.add_argument("--out", type=Path, default=Path("eval"), help="folder for report.json and report.md")
-    p.add_argument("--limit", type=int, default=None, help="only the first N questions")
+    p.add_argument("--split", default=None, help="only the questions of this split (e.g. tune, heldout)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N questions (after --split)")
     p.add_argument("--retrieval-only", action="store_true", help="skip answer generation")
 
     p = add("bench", cmd_bench, "Measure speed on this machine (ingest, retrieval at scale, answers).")

@@ -78,6 +78,8 @@ class GoldItem:
     answerable: bool
     type: str
     history: tuple[Turn, ...] = ()
+    #: Optional part of the set ("tune" to choose settings on, "heldout" to report); ``rag eval --split``.
+    split: str | None = None
 
 
 def load_gold(path: Path) -> list[GoldItem]:
@@ -153,6 +155,9 @@ def _gold_item(row: object, path: Path, lineno: int) -> GoldItem:
         ):
             raise bad('each history turn must be {"role": "user"|"assistant", "content": "..."}')
         history.append(Turn(turn["role"], turn["content"]))
+    split = row.get("split")
+    if split is not None and (not isinstance(split, str) or not split.strip()):
+        raise bad("'split' must be a non-empty string when given")
     return GoldItem(
         id=row["id"],
         question=row["question"],
@@ -162,6 +167,7 @@ def _gold_item(row: object, path: Path, lineno: int) -> GoldItem:
         answerable=answerable,
         type=row["type"],
         history=tuple(history),
+        split=split,
     )
 
 
@@ -775,6 +781,11 @@ def run_eval_cli(args: argparse.Namespace, settings: Settings, *, make_pipeline:
     """
     retrieval_only = bool(args.retrieval_only)
     items = load_gold(args.gold)
+    split = getattr(args, "split", None)
+    if split is not None:
+        items = [i for i in items if i.split == split]
+        if not items:
+            raise InputError(f"No question of {args.gold} is in split {split!r}.")
     if args.limit is not None:
         if args.limit < 1:
             raise InputError("--limit must be at least 1.")
@@ -801,6 +812,7 @@ def run_eval_cli(args: argparse.Namespace, settings: Settings, *, make_pipeline:
             info = info_fn()
     extra = {
         "gold": str(args.gold),
+        "split": split,
         "corpus": str(settings.corpus_dir),
         "index_dir": str(settings.index_dir),
         "retrieve_depth": max(5, k),

@@ -25,8 +25,10 @@ class Settings(BaseSettings):
     )
 
     # --- chunking (lengths in the embedder's own word pieces)
-    chunk_tokens: int = Field(160, ge=16, le=256, description="Max chunk length in embedder tokens.")
-    chunk_overlap: int = Field(32, ge=0, le=128, description="Overlap between chunks in tokens.")
+    # 200/40 (was 160/32): on eval/squad tune recall@1 0.781 -> 0.808, recall@4 0.934 -> 0.954, MRR 0.848 -> 0.868
+    # (retrieval-only); 224/40, 256/48 and 200/20 did worse there. Seeds: recall@5 stays 1.000.
+    chunk_tokens: int = Field(200, ge=16, le=256, description="Max chunk length in embedder tokens.")
+    chunk_overlap: int = Field(40, ge=0, le=128, description="Overlap between chunks in tokens.")
 
     # --- embedding
     embed_batch_size: int = Field(32, ge=1, le=1024)

@@ -386,6 +386,31 @@ def test_cli_limit(workspace: dict[str, Path]) -> None:
     assert [q["id"] for q in report["questions"]] == ["q1", "q2"]
 
 
+def test_cli_split_then_limit(workspace: dict[str, Path]) -> None:
+    rows = [json.loads(line) for line in workspace["gold"].read_text(encoding="utf-8").splitlines()]
+    for row, split in zip(rows, ("tune", "heldout", "tune", "heldout"), strict=True):
+        row["split"] = split
+    workspace["gold"].write_text("\n".join(json.dumps(r) for r in rows) + "\n", encoding="utf-8")
+    assert [i.split for i in load_gold(workspace["gold"])] == ["tune", "heldout", "tune", "heldout"]
+    settings = Settings(corpus_dir=workspace["corpus"], top_k=2)
+    workspace["thresholds"].write_text("{}", encoding="utf-8")
+
+    def questions(split: str, limit: int | None) -> list[str]:
+        args = argparse.Namespace(
+            gold=workspace["gold"], corpus=workspace["corpus"], thresholds=workspace["thresholds"],
+            out=workspace["out"], limit=limit, retrieval_only=True, index=None, split=split,
+        )  # fmt: skip
+        assert run_eval_cli(args, settings, make_pipeline=lambda s, r: FakePipeline()) == 0
+        report = json.loads((workspace["out"] / "report.json").read_text(encoding="utf-8"))
+        assert report["split"] == split
+        return [q["id"] for q in report["questions"]]
+
+    assert questions("heldout", None) == ["q2", "q4"]
+    assert questions("tune", 1) == ["q1"]  # --limit counts within the split
+    with pytest.raises(InputError, match="split 'dev'"):
+        questions("dev", None)
+
+
 def test_cli_gold_names_a_missing_document(workspace: dict[str, Path]) -> None:
     (workspace["corpus"] / DOC_ID).unlink()
     with pytest.raises(InputError, match=r"doc\.txt"):
@@ -463,6 +488,7 @@ GOOD = {"id": "a", "question": "Q?", "answers": ["x"], "evidence": "e", "doc_id"
         (json.dumps({**GOOD, "id": "b", "answers": []}), "line 2: an answerable question needs at least one"),
         (json.dumps(GOOD), "line 2: id 'a' already used on line 1"),
         (json.dumps({**GOOD, "id": "b", "history": [{"role": "bot", "content": "hi"}]}), "line 2: each history"),
+        (json.dumps({**GOOD, "id": "b", "split": 3}), "line 2: 'split' must be a non-empty string"),
     ],
 )
 def test_malformed_gold_names_the_line(tmp_path: Path, second_line: str, message: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 import rag.store
 from rag.errors import IndexFormatError, InputError, StorageError
 from rag.ingest import IngestReport, add_or_update, ingest, remove
-from rag.loaders import load_bytes
+from rag.loaders import load_bytes, load_corpus
 from rag.settings import Settings
 from rag.store import current_version, load_index
 from tests.fakes import FakeEmbedder
@@ -338,3 +338,94 @@ def test_concurrent_uploads_both_land(tmp_path: Path, settings: Settings) -> Non
     assert errors == []
     ids = {d.doc_id for d in load_index(index_dir).documents()}
     assert ids == {"seed.txt"} | {f"{n}{i}.txt" for n in ("left", "right") for i in range(3)}
+
+
+# --------------------------------------------------------------------------- progress on stderr
+
+
+class TickClock:
+    """A clock that advances ``step`` seconds per reading."""
+
+    def __init__(self, step: float) -> None:
+        self.now, self.step = 0.0, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now
+
+
+def test_progress_lines_count_documents_and_chunks_with_rate_and_time_left() -> None:
+    import io
+
+    from rag.ingest import IngestProgress
+
+    out = io.StringIO()
+    progress = IngestProgress(4, 400, stream=out, clock=TickClock(5.0), after_s=0.0, every_s=8.0)
+    for _ in range(4):
+        progress.update(documents=1, chunks=10, chars=100)
+    progress.finish()
+    lines = out.getvalue().splitlines()
+    # Readings at 5 (start), 10, 15, 20, 25 (updates) and 30 (finish); a line at most every 8 s.
+    assert lines == [
+        "ingest: 1/4 documents, 10 chunks, 2.0 chunks/s, 15 s left",
+        "ingest: 3/4 documents, 30 chunks, 2.0 chunks/s, 5 s left",
+        "ingest: 4/4 documents, 40 chunks in 25 s (1.6 chunks/s)",
+    ]
+
+
+def test_progress_stays_quiet_for_a_short_ingest_and_rewrites_one_line_on_a_terminal() -> None:
+    import io
+
+    from rag.ingest import IngestProgress
+
+    quiet = io.StringIO()
+    progress = IngestProgress(2, 10, stream=quiet, clock=TickClock(0.1), after_s=2.0)
+    progress.update(documents=2, chunks=3, chars=10)
+    progress.finish()
+    assert quiet.getvalue() == ""
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    tty = Terminal()
+    progress = IngestProgress(2, 10, stream=tty, clock=TickClock(1.0), after_s=0.0)
+    progress.update(documents=1, chunks=3, chars=5)
+    progress.update(documents=1, chunks=3, chars=5)
+    progress.finish()
+    text = tty.getvalue()
+    assert text.count("\r") == 3 and text.count("\n") == 1 and text.endswith("(2.0 chunks/s)\n")
+
+
+def test_grouped_embedding_gives_the_same_chunks_and_vectors(
+    corpus: Path, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.chunking import chunk_document
+    from rag.ingest import chunk_and_embed
+
+    docs, _ = load_corpus(corpus)
+    embedder = CountingEmbedder()
+    monkeypatch.setattr("rag.ingest.EMBED_GROUP_CHUNKS", 5)  # several groups
+    chunks, vectors = chunk_and_embed(docs, embedder, 48, 8)
+    expected = {d.id: chunk_document(d, embedder.count_tokens, 48, 8) for d in docs}
+    assert chunks == expected
+    texts = [c.text for d in docs for c in expected[d.id]]
+    assert np.array_equal(vectors, FakeEmbedder().embed(texts))
+
+
+def test_cli_ingest_json_shows_progress_on_stderr_only(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rag import cli
+
+    monkeypatch.setattr("rag.embedding.load_embedder", lambda settings: FakeEmbedder())
+    monkeypatch.setattr("rag.ingest.PROGRESS_AFTER_S", 0.0)  # as if the ingest were long
+    monkeypatch.setenv("RAG_CHUNK_TOKENS", "48")
+    monkeypatch.setenv("RAG_CHUNK_OVERLAP", "8")
+    assert cli.main(["ingest", str(corpus), "--index", str(tmp_path / "index"), "--json"]) == 0
+    out, err = capsys.readouterr()
+    report = json.loads(out)  # stdout is exactly one JSON object
+    assert report["documents_total"] == 3
+    lines = err.splitlines()
+    assert lines[0].startswith("ingest: ") and "chunks/s" in lines[0]
+    assert lines[-1].startswith(f"ingest: 3/3 documents, {report['chunks_total']} chunks in ")
