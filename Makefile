@@ -32,6 +32,7 @@ lint: install
 	$(BIN)/ruff check rag api tests
 	$(BIN)/ruff format --check rag api tests
 	$(BIN)/mypy
+	$(BIN)/lint-imports
 
 # Every test, the slow real-model and browser ones included, then the eval gate on the real models.
 test: install

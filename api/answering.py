@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import aclosing
-from typing import Protocol
 
 import anyio
 from starlette.concurrency import run_in_threadpool
@@ -27,19 +26,13 @@ from api import openai_compat
 from api.errors import rag_error_status
 from api.gate import Ticket
 from api.metrics import Metrics
-from rag.cli import answer_to_dict
+from api.schemas import answer_json, citations_json
 from rag.errors import RagError
-from rag.types import Answer, Turn
+from rag.types import Answer, QAPipeline, Turn
 
 log = logging.getLogger(__name__)
 
 _END = object()
-
-
-class Asker(Protocol):
-    def ask_stream(
-        self, question: str, history: Sequence[Turn] = (), k: int | None = None
-    ) -> Iterator[str | Answer]: ...
 
 
 def _close(it: Iterator[object]) -> None:
@@ -49,7 +42,7 @@ def _close(it: Iterator[object]) -> None:
 
 
 async def generate(
-    pipeline: Asker,
+    pipeline: QAPipeline,
     ticket: Ticket,
     question: str,
     history: Sequence[Turn],
@@ -132,7 +125,7 @@ async def sse_events(stream: AsyncIterator[str | Answer]) -> AsyncIterator[str]:
         try:
             async for item in items:
                 if isinstance(item, Answer):
-                    yield _sse("answer", answer_to_dict(item))
+                    yield _sse("answer", answer_json(item))
                 else:
                     yield _sse("token", {"text": item})
         except Exception as exc:
@@ -154,8 +147,7 @@ async def openai_events(stream: AsyncIterator[str | Answer]) -> AsyncIterator[st
                         # Nothing was generated (e.g. an abstention decided before generation):
                         # the client must still see the answer text.
                         yield openai_compat.chunk(completion_id, created, {"content": item.text})
-                    final = answer_to_dict(item)
-                    extra = {"citations": final["citations"], "abstained": item.abstained}
+                    extra = {"citations": citations_json(item), "abstained": item.abstained}
                     yield openai_compat.chunk(completion_id, created, {}, "stop", extra)
                 else:
                     streamed = True

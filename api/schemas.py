@@ -1,17 +1,22 @@
-"""Pydantic models for the HTTP edge: request bodies (validated) and response shapes (documented).
+"""Pydantic models for the HTTP edge: request bodies (validated) and response shapes (documented and enforced).
 
 Inside the library the stages exchange frozen dataclasses (``rag.types``);
-these models exist only where JSON crosses the wire. Response models are used
-for the OpenAPI description; the routes build their JSON with the same helpers
-the CLI uses (``rag.cli.answer_to_dict``) so both speak the same format.
+these models exist only where JSON crosses the wire. A response is built from
+the library's one serializer (``rag.serialization``, which the CLI and the eval
+report use too) and validated by its model here (``answer_json``, ``hit_out``,
+...). Response models forbid unknown fields, so a field the serializer writes
+but the schema does not describe is an error, not a silent undocumented extra.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+from rag.serialization import answer_to_dict, citation_to_dict, doc_to_dict, hit_to_dict
+from rag.types import Answer, DocInfo, Hit
 
 MAX_HISTORY_TURNS = 20
 MAX_TURN_CHARS = 20_000
@@ -82,18 +87,24 @@ class SearchRequest(BaseModel):
     k: int | None = Field(None, ge=1, le=50, description="Number of hits (default: RAG_TOP_K).")
 
 
-class ErrorDetail(BaseModel):
+class OutModel(BaseModel):
+    """A response shape: every field the service sends is described, nothing else is accepted."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ErrorDetail(OutModel):
     code: str = Field(description="Stable machine-readable code, e.g. 'invalid_request', 'busy', 'not_found'.")
     message: str = Field(description="What went wrong and what to do, for people.")
 
 
-class ErrorResponse(BaseModel):
+class ErrorResponse(OutModel):
     """Every error the service returns has this shape."""
 
     error: ErrorDetail
 
 
-class HitOut(BaseModel):
+class HitOut(OutModel):
     chunk_id: str
     doc_id: str
     start: int = Field(description="Character offset of the passage in its source document.")
@@ -103,22 +114,22 @@ class HitOut(BaseModel):
     page: int | None = None
 
 
-class SearchResponse(BaseModel):
+class SearchResponse(OutModel):
     hits: list[HitOut]
 
 
-class DocInfoOut(BaseModel):
+class DocInfoOut(OutModel):
     doc_id: str
     sha256: str
     chunks: int
     chars: int
 
 
-class DeletedOut(BaseModel):
+class DeletedOut(OutModel):
     deleted: str
 
 
-class CitationOut(BaseModel):
+class CitationOut(OutModel):
     marker: int = Field(description="The n of an [n] marker in the answer text.")
     chunk_id: str
     doc_id: str
@@ -130,7 +141,7 @@ class CitationOut(BaseModel):
     span_end: int | None = None
 
 
-class SentenceOut(BaseModel):
+class SentenceOut(OutModel):
     text: str
     markers: list[int]
     supported: bool
@@ -138,7 +149,7 @@ class SentenceOut(BaseModel):
     note: str
 
 
-class AnswerOut(BaseModel):
+class AnswerOut(OutModel):
     """The answer object of ``POST /ask`` (and of the ``answer`` event when streaming)."""
 
     question: str
@@ -150,6 +161,29 @@ class AnswerOut(BaseModel):
     timings: dict[str, float]
     provenance: dict[str, str]
     notes: list[str]
+    confidence: float | None = Field(
+        description="The model's probability that the passages hold the answer: the self-check's when "
+        "RAG_MIN_JUDGE is on, else 1 minus its probability of replying NOT FOUND; null when not measured."
+    )
+    draft: str = Field(description="The model's unverified output, to see what verification changed.")
+
+
+def answer_json(answer: Answer) -> dict[str, Any]:
+    """The answer object as ``POST /ask`` sends it (and the ``answer`` event of a stream)."""
+    return AnswerOut.model_validate(answer_to_dict(answer)).model_dump(mode="json")
+
+
+def citations_json(answer: Answer) -> list[Any]:
+    """The answer's citations, as the /v1 endpoints add them to a completion."""
+    return [CitationOut.model_validate(citation_to_dict(c)).model_dump(mode="json") for c in answer.citations]
+
+
+def hit_out(hit: Hit) -> HitOut:
+    return HitOut.model_validate(hit_to_dict(hit))
+
+
+def doc_out(doc: DocInfo) -> DocInfoOut:
+    return DocInfoOut.model_validate(doc_to_dict(doc))
 
 
 # --- OpenAI-compatible chat completions ------------------------------------------------------

@@ -14,8 +14,7 @@ import unicodedata
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from rag.errors import InputError
-
-SUPPORTED_SUFFIXES = (".txt", ".md", ".html", ".htm", ".pdf")
+from rag.loaders import SUPPORTED_SUFFIXES
 
 # The page loads nothing from elsewhere; this makes a mistake (or an injected tag) fail closed.
 CONTENT_SECURITY_POLICY = (
@@ -87,7 +86,7 @@ def is_supported(filename: str) -> bool:
     >>> is_supported("a.PDF"), is_supported("a.docx")
     (True, False)
     """
-    return filename.lower().endswith(SUPPORTED_SUFFIXES)
+    return filename.lower().endswith(tuple(SUPPORTED_SUFFIXES))
 
 
 def _is_public(path: str) -> bool:

@@ -1,6 +1,6 @@
 """The ``rag`` console command (also ``python -m rag``).
 
-Subcommands: ingest, search, info, ask, serve, eval. Every ``RagError`` becomes
+Subcommands: ingest, search, info, ask, serve, eval, bench, loadtest. Every ``RagError`` becomes
 one line on stderr and exit code 2; nothing else is caught, so real bugs keep
 their traceback.
 """
@@ -12,7 +12,6 @@ import json
 import logging
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -62,31 +61,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     return 0
 
 
-def _hit_dict(hit: object) -> dict[str, object]:
-    from rag.types import Hit
-
-    assert isinstance(hit, Hit)
-    out: dict[str, object] = {
-        "chunk_id": hit.chunk.id,
-        "doc_id": hit.chunk.doc_id,
-        "start": hit.chunk.start,
-        "end": hit.chunk.end,
-        "text": hit.chunk.text,
-        "score": round(hit.score, 6),
-    }
-    if hit.chunk.page is not None:
-        out["page"] = hit.chunk.page
-    return out
-
-
 def cmd_search(args: argparse.Namespace) -> int:
     from rag.pipeline import build_pipeline
+    from rag.serialization import hit_to_dict
 
     settings = _settings(args)
     pipeline = build_pipeline(settings, with_generator=False)
     hits = pipeline.search(args.query, k=args.k)
     if args.json:
-        _print_json({"hits": [_hit_dict(h) for h in hits]})
+        _print_json({"hits": [hit_to_dict(h) for h in hits]})
     else:
         for rank, hit in enumerate(hits, 1):
             snippet = " ".join(hit.chunk.text.split())[:160]
@@ -118,6 +101,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 def cmd_ask(args: argparse.Namespace) -> int:
     from rag.pipeline import build_pipeline
+    from rag.serialization import answer_to_dict
     from rag.types import Answer
 
     settings = _settings(args)
@@ -146,25 +130,6 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
-def answer_to_dict(answer: object) -> dict[str, object]:
-    from rag.types import Answer
-
-    assert isinstance(answer, Answer)
-    return {
-        "question": answer.question,
-        "standalone_question": answer.standalone_question,
-        "answer": answer.text,
-        "abstained": answer.abstained,
-        "citations": [asdict(c) for c in answer.citations],
-        "sentences": [asdict(s) for s in answer.sentences],
-        "timings": answer.timings,
-        "provenance": answer.provenance,
-        "notes": list(answer.notes),
-        "confidence": answer.confidence,
-        "draft": answer.draft,
-    }
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -179,9 +144,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from rag.evaluation import run_eval_cli
+    from rag.evaluation import EvalOptions, run_eval
 
-    return run_eval_cli(args, _settings(args))
+    options = EvalOptions(
+        gold=args.gold,
+        corpus=args.corpus,
+        thresholds=args.thresholds,
+        out=args.out,
+        split=args.split,
+        limit=args.limit,
+        retrieval_only=args.retrieval_only,
+        index=args.index,
+    )
+    return run_eval(options, _settings(args))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -255,10 +230,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backends", action="store_true", help="also ingest the same passages with every embedding backend")
     p.add_argument("--targets", type=Path, default=Path("eval/bench_targets.json"))
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+
+    # Listed for --help only: `main` hands everything after the word to the load generator's own parser.
+    sub.add_parser(
+        "loadtest",
+        add_help=False,
+        help="Put a running service under bounded mixed load and check how it copes (rag loadtest --help).",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["loadtest"]:  # a client of the service, with its own flags
+        from rag.loadtest import main as loadtest
+
+        return loadtest(argv[1:], prog="rag loadtest")
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(

@@ -10,6 +10,9 @@ beside transformers 5, so we export with ``torch.onnx`` ourselves.
 The export lands in ``<cache_dir>/onnx/<model>-<key>/`` (the shipped model folder
 may be read-only) and is written once: into a temp folder that is renamed into
 place, under an exclusive lock so parallel starts export it only once.
+
+Over 400 lines on purpose: export, quantization and the check against torch
+share one cache key and one folder layout, kept in one place.
 """
 
 from __future__ import annotations
@@ -28,8 +31,8 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from rag.durable import exclusive_lock
 from rag.errors import ModelError
-from rag.models import exclusive_lock
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer

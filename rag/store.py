@@ -14,12 +14,14 @@ A version folder is written complete under ``.tmp-...``, renamed into place,
 and only then named by ``CURRENT`` (replaced atomically). A crash at any point
 leaves ``CURRENT`` naming a complete, older version; leftovers are removed by
 the next writer.
+
+Over 400 lines on purpose: the format is written, verified and read here, side
+by side, so a change to one file of a version cannot miss the other two sides.
 """
 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import json
@@ -36,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from rag.durable import fsync_dir, locked, open_lock_file
 from rag.errors import IndexFormatError, write_failed
 from rag.types import Chunk, DocInfo, Hit
 
@@ -360,15 +363,11 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
     index_dir = Path(index_dir)
     try:
         index_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(index_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = open_lock_file(index_dir / LOCK)
     except OSError as exc:
         raise write_failed(exc, f"the index in {index_dir}", WRITE_HINT) from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locked(fd):
         yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def save_index(index_dir: Path, manifest: Manifest, chunks: Sequence[Chunk], vectors: np.ndarray) -> Index:
@@ -472,12 +471,3 @@ def _write_durably(path: Path, data: bytes) -> dict[str, Any]:
         f.flush()
         os.fsync(f.fileno())
     return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def fsync_dir(path: Path) -> None:
-    """Flush a directory: a rename or a new file in it is durable only after this."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

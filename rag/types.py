@@ -6,7 +6,9 @@ stages exchange these plain dataclasses.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,8 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-    #: The judge's probability that the cited passages answer the question (None: not judged).
+    #: The model's probability that the passages hold the answer: the self-check's (RAG_MIN_JUDGE) when it
+    #: ran, else 1 minus its probability of replying NOT FOUND; None when neither was measured.
     confidence: float | None = None
     #: The model's unverified output, kept so anyone can see what verification changed.
     draft: str = ""
@@ -112,3 +115,28 @@ class DocInfo:
     sha256: str
     chunks: int
     chars: int
+
+
+class QAPipeline(Protocol):
+    """The pipeline as its callers see it (the API, the eval runner): ``rag.pipeline.Pipeline``, or a fake in tests.
+
+    ``ask_stream`` yields the answer's text pieces as the model writes them, then the final ``Answer``.
+    """
+
+    def search(self, query: str, k: int | None = None) -> list[Hit]: ...
+
+    def retrieve(self, question: str, history: Sequence[Turn] = (), k: int | None = None) -> list[Hit]: ...
+
+    def ask(self, question: str, history: Sequence[Turn] = (), k: int | None = None) -> Answer: ...
+
+    def ask_stream(
+        self, question: str, history: Sequence[Turn] = (), k: int | None = None
+    ) -> Iterator[str | Answer]: ...
+
+    def documents(self) -> list[DocInfo]: ...
+
+    def add_document(self, filename: str, data: bytes) -> DocInfo: ...
+
+    def delete_document(self, doc_id: str) -> None: ...
+
+    def info(self) -> dict[str, object]: ...

@@ -1,23 +1,26 @@
-"""Every route of the HTTP service through TestClient, with a fake pipeline (no model loads)."""
+"""Every route of the HTTP service through TestClient, with a fake pipeline (no model loads).
+
+Every response is checked against the app's own OpenAPI schema (``tests/openapi_contract.py``),
+and the bodies against what the pipeline returned, field by field.
+"""
 
 from __future__ import annotations
 
 import json
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi.testclient import TestClient
 
 from api.app import create_app
-from rag.cli import answer_to_dict
 from rag.errors import InputError
 from rag.settings import Settings
-from rag.types import Turn
+from rag.types import Answer, Citation, Turn
 from tests.api_fakes import DOCS, FakePipeline, parse_sse, wait_ready
+from tests.openapi_contract import ContractClient as TestClient
 
 
 def make_settings(tmp_path: Path, **overrides: object) -> Settings:
@@ -52,6 +55,35 @@ def assert_error(resp: Any, status: int, code: str) -> str:
     assert body["error"]["code"] == code, body
     assert body["error"]["message"], body
     return str(body["error"]["message"])
+
+
+def assert_same_citations(sent: Any, citations: Sequence[Citation]) -> None:
+    assert sent == [
+        {
+            "marker": c.marker,
+            "chunk_id": c.chunk_id,
+            "doc_id": c.doc_id,
+            "start": c.start,
+            "end": c.end,
+            "text": c.text,
+            "page": c.page,
+            "span_start": c.span_start,
+            "span_end": c.span_end,
+        }
+        for c in citations
+    ]
+
+
+def assert_same_answer(sent: Any, answer: Answer) -> None:
+    """The answer object carries the pipeline's ``Answer`` (its shape is checked by the OpenAPI schema)."""
+    assert sent["question"] == answer.question and sent["standalone_question"] == answer.standalone_question
+    assert sent["answer"] == answer.text and sent["abstained"] is answer.abstained
+    assert_same_citations(sent["citations"], answer.citations)
+    assert [(s["text"], tuple(s["markers"]), s["supported"]) for s in sent["sentences"]] == [
+        (s.text, s.markers, s.supported) for s in answer.sentences
+    ]
+    assert sent["notes"] == list(answer.notes) and sent["draft"] == answer.draft
+    assert sent["confidence"] == answer.confidence and sent["provenance"] == answer.provenance
 
 
 # --- lifecycle -----------------------------------------------------------------------------------
@@ -120,8 +152,8 @@ def test_ask_returns_the_pipeline_answer_with_citation_offsets(client: TestClien
     resp = client.post("/ask", json={"question": "Which volcano is the tallest in Europe?", "k": 2})
     assert resp.status_code == 200
     body = resp.json()
-    expected = answer_to_dict(fake.compute("Which volcano is the tallest in Europe?", (), 2))
-    assert body == json.loads(json.dumps(expected))
+    expected = fake.compute("Which volcano is the tallest in Europe?", (), 2)
+    assert_same_answer(body, expected)
     assert not body["abstained"] and "[1]" in body["answer"]
     cite = body["citations"][0]
     source = DOCS[cite["doc_id"]]
@@ -203,7 +235,7 @@ def test_ask_streams_sse_tokens_then_answer_then_done(client: TestClient, fake: 
     assert names[-2:] == ["answer", "done"] and set(names[:-2]) == {"token"}
     expected = fake.compute(question)
     assert "".join(d["text"] for n, d in events if n == "token") == expected.text  # type: ignore[index]
-    assert events[-2][1] == json.loads(json.dumps(answer_to_dict(expected)))
+    assert_same_answer(events[-2][1], expected)
 
 
 def test_accept_header_selects_streaming(client: TestClient) -> None:
@@ -436,7 +468,7 @@ def test_v1_chat_completion(client: TestClient, fake: FakePipeline) -> None:
     assert body["choices"][0]["message"] == {"role": "assistant", "content": expected.text}
     assert body["choices"][0]["finish_reason"] == "stop"
     assert "[1]" in expected.text
-    assert body["citations"] == json.loads(json.dumps(answer_to_dict(expected)["citations"]))
+    assert_same_citations(body["citations"], expected.citations)
     assert body["abstained"] is False
 
 
@@ -457,7 +489,7 @@ def test_v1_chat_completion_stream(client: TestClient, fake: FakePipeline) -> No
     assert content == expected.text
     final = chunks[-1]
     assert final["choices"][0]["finish_reason"] == "stop"
-    assert final["citations"] == json.loads(json.dumps(answer_to_dict(expected)["citations"]))
+    assert_same_citations(final["citations"], expected.citations)
     assert all(c["choices"][0]["finish_reason"] is None for c in chunks[:-1])
 
 

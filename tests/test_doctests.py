@@ -12,10 +12,10 @@ import api
 import rag
 
 MODULES = sorted(
-    f"{pkg.__name__}.{m.name}"
+    m.name
     for pkg in (rag, api)
-    for m in pkgutil.iter_modules(pkg.__path__)
-    if m.name != "__main__"  # importing it would run the CLI
+    for m in pkgutil.walk_packages(pkg.__path__, prefix=f"{pkg.__name__}.")
+    if not m.name.endswith(".__main__")  # importing it would run the CLI
 )
 
 

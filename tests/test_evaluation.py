@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,7 +10,7 @@ import pytest
 
 from rag.errors import InputError
 from rag.evaluation import (
-    EvalPipeline,
+    EvalOptions,
     GoldItem,
     Thresholds,
     answer_tokens,
@@ -25,12 +24,12 @@ from rag.evaluation import (
     load_thresholds,
     metrics_by_type,
     normalize_answer,
-    percentile,
-    run_eval_cli,
+    run_eval,
     token_f1,
 )
 from rag.settings import Settings
-from rag.types import Answer, Chunk, Citation, Hit, Sentence, Turn
+from rag.stats import percentile
+from rag.types import Answer, Chunk, Citation, Hit, QAPipeline, Sentence, Turn
 
 # --------------------------------------------------------------------------- normalization and matching
 
@@ -306,9 +305,9 @@ def run(
     ws: dict[str, Path], thresholds: dict[str, object], *, retrieval_only: bool = False, limit: int | None = None
 ) -> tuple[int, list[tuple[Settings, bool]]]:
     ws["thresholds"].write_text(json.dumps(thresholds), encoding="utf-8")
-    args = argparse.Namespace(
+    options = EvalOptions(
         gold=ws["gold"], corpus=ws["corpus"], thresholds=ws["thresholds"], out=ws["out"],
-        limit=limit, retrieval_only=retrieval_only, index=None,
+        limit=limit, retrieval_only=retrieval_only,
     )  # fmt: skip
     seen: list[tuple[Settings, bool]] = []
 
@@ -318,7 +317,7 @@ def run(
 
     # As rag.cli does: --corpus lands in the settings.
     settings = Settings(corpus_dir=ws["corpus"], top_k=2)
-    code = run_eval_cli(args, settings, make_pipeline=make_pipeline)
+    code = run_eval(options, settings, make_pipeline=make_pipeline)
     return code, seen
 
 
@@ -396,11 +395,11 @@ def test_cli_split_then_limit(workspace: dict[str, Path]) -> None:
     workspace["thresholds"].write_text("{}", encoding="utf-8")
 
     def questions(split: str, limit: int | None) -> list[str]:
-        args = argparse.Namespace(
+        options = EvalOptions(
             gold=workspace["gold"], corpus=workspace["corpus"], thresholds=workspace["thresholds"],
-            out=workspace["out"], limit=limit, retrieval_only=True, index=None, split=split,
+            out=workspace["out"], limit=limit, retrieval_only=True, split=split,
         )  # fmt: skip
-        assert run_eval_cli(args, settings, make_pipeline=lambda s, r: FakePipeline()) == 0
+        assert run_eval(options, settings, make_pipeline=lambda s, r: FakePipeline()) == 0
         report = json.loads((workspace["out"] / "report.json").read_text(encoding="utf-8"))
         assert report["split"] == split
         return [q["id"] for q in report["questions"]]
@@ -444,17 +443,17 @@ def test_runs_on_the_real_pipeline_with_fake_models(tmp_path: Path, capsys: pyte
     embedder = FakeEmbedder()
     built: list[bool] = []
 
-    def make_pipeline(s: Settings, retrieval_only: bool) -> EvalPipeline:
+    def make_pipeline(s: Settings, retrieval_only: bool) -> QAPipeline:
         built.append(retrieval_only)
         ingest(s.corpus_dir, s.index_dir, embedder, s, progress=False)
         return build_pipeline(s, with_generator=not retrieval_only, embedder=embedder, generator=FakeGenerator(reply))
 
     for retrieval_only in (True, False):
-        args = argparse.Namespace(
-            gold=tmp_path / "gold.jsonl", corpus=None, thresholds=tmp_path / "t.json", out=tmp_path / "out",
-            limit=None, retrieval_only=retrieval_only, index=None,
+        options = EvalOptions(
+            gold=tmp_path / "gold.jsonl", thresholds=tmp_path / "t.json", out=tmp_path / "out",
+            retrieval_only=retrieval_only,
         )  # fmt: skip
-        assert run_eval_cli(args, settings, make_pipeline=make_pipeline) == 0
+        assert run_eval(options, settings, make_pipeline=make_pipeline) == 0
         report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
         assert [q["id"] for q in report["questions"]] == ["q1", "q2", "q3", "q4"]
         assert all(q["retrieved"] for q in report["questions"])

@@ -1,4 +1,4 @@
-"""The service under mixed load at concurrency 16, driven by ``python -m api.loadtest``.
+"""The service under mixed load at concurrency 16, driven by ``python -m rag.loadtest``.
 
 The server runs in its own process (so its RSS is its own, not pytest's) with a
 fake pipeline whose answers take ~0.3 s: with one model, a queue of 12 and a
@@ -114,7 +114,7 @@ def run_loadtest(url: str, pid: int, questions: Path, *extra: str, timeout: floa
     cmd = [
         sys.executable,
         "-m",
-        "api.loadtest",
+        "rag.loadtest",
         "--url",
         url,
         "--pid",

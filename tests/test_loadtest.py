@@ -10,18 +10,11 @@ import httpx
 import pytest
 
 from api.app import create_app
-from api.loadtest import (
-    Result,
-    RssTrace,
-    check_loopback,
-    classify,
-    main,
-    percentile,
-    read_rss_kib,
-    render,
-    summarize,
-)
+from rag.loadtest import main
+from rag.loadtest.client import Result, RssTrace, check_loopback, classify, read_rss_kib
+from rag.loadtest.report import render, summarize
 from rag.settings import Settings
+from rag.stats import nearest_rank as percentile
 from tests.aio import off_loop
 from tests.api_fakes import serve, wait_ready
 from tests.test_load import QUESTIONS, SharedFake
@@ -87,6 +80,16 @@ def test_classify_outcomes() -> None:
     assert classify("ask", _response(502), 0.1).outcome == "server_error"
     assert classify("ask", _response(401, code="unauthorized"), 0.1).outcome == "client_error"
     assert classify("upload", httpx.Response(201, json={}), 0.1).outcome == "ok"
+
+
+def test_rag_loadtest_is_the_same_command(capsys: pytest.CaptureFixture[str]) -> None:
+    from rag.cli import main as rag
+
+    assert off_loop(rag, ["loadtest", "--url", "http://10.0.0.1:8000", "--duration", "1"]) == 2
+    assert "loopback" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        rag(["loadtest", "--help"])
+    assert capsys.readouterr().out.startswith("usage: rag loadtest")
 
 
 def test_percentiles_are_nearest_rank() -> None:

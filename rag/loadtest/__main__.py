@@ -1,0 +1,5 @@
+import sys
+
+from rag.loadtest.command import main
+
+sys.exit(main())
