@@ -9,6 +9,7 @@ import pytest
 
 from rag.embedding import SentenceTransformerEmbedder, load_embedder
 from rag.ingest import ingest
+from rag.retrieval import Retriever
 from rag.settings import Settings
 from rag.store import load_index
 
@@ -57,7 +58,10 @@ def test_real_ingest_of_the_seeds_answers_the_port_question(
     assert report.chunks_embedded == report.chunks_total > 0 and report.warnings == ()
     index = load_index(tmp_path / "idx", embedder.id)
     assert all(embedder.count_tokens(c.text) <= index.manifest.chunk_tokens for c in index.chunks)
-    query = embedder.embed(["Which port were the munitions shipped from?"])[0]
-    hits = index.search(query, 3)
+    # The question shares only "port" with its passage: dense search alone ranks it second
+    # behind a short chunk (200-token chunks dilute it); the hybrid retrieval users get ranks it first.
+    question = "Which port were the munitions shipped from?"
+    dense = index.search(embedder.embed([question])[0], 3)
+    assert any("Rason" in h.chunk.text for h in dense) and dense[0].score > dense[-1].score
+    hits = Retriever(index, embedder, candidates=20, rrf_k=60).retrieve(question, 4).hits
     assert "Rason" in hits[0].chunk.text
-    assert hits[0].score > hits[-1].score
