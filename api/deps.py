@@ -58,6 +58,7 @@ class AppState:
         # Created in the lifespan, inside the serving event loop (asyncio primitives bind to a loop).
         self.gate: AnswerGate | None = None
         self.write_lock: asyncio.Lock | None = None
+        self.stop = threading.Event()  # set at shutdown: background work ends
 
     def start_loading(self) -> None:
         if self._loader is None:
@@ -80,6 +81,35 @@ class AppState:
             log.info("pipeline ready in %.1f s", time.perf_counter() - started)
         finally:
             self.loaded.set()
+        if self.pipeline is not None and self.settings.warm_when_idle:
+            self._warm(self.pipeline)
+
+    def _warm(self, pipeline: QAPipeline) -> None:
+        """Read passages into the state cache while no question is running or waiting.
+
+        Runs on the loader's thread once the pipeline is up. A question that arrives
+        mid-read waits for that one passage (a few seconds cold), then every later
+        question on a warmed passage costs only its own tokens. After the last passage
+        it looks again now and then: an upload or delete starts the corpus over.
+        """
+        warmed = 0
+        while not self.stop.is_set():
+            gate = self.gate
+            if gate is None or gate.admitted:
+                self.stop.wait(0.2)
+                continue
+            try:
+                more = pipeline.warm_next()
+            except Exception:  # a broken cache makes answers slower, never the service down
+                log.exception("warming the passage states failed; answers stay correct, only slower")
+                return
+            if more:
+                warmed += 1
+                continue
+            if warmed:
+                log.info("passage states warm: %d passages read while idle", warmed)
+                warmed = 0
+            self.stop.wait(30.0)
 
     def wait_ready(self, timeout: float) -> bool:
         """Block until loading ended; True when the pipeline is usable (for tests and scripts)."""

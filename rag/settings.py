@@ -77,6 +77,11 @@ class Settings(BaseSettings):
     state_memory_mb: int = Field(
         512, ge=0, description="Memory budget for passage states (MB; least recently used out)."
     )
+    warm_when_idle: bool = Field(
+        True,
+        description="While no question is being answered, the service reads passages into the state cache "
+        "(one at a time, so a question waits at most one passage's read).",
+    )
     seed: int = 0
 
     # --- service

@@ -82,6 +82,8 @@ class FakePipeline:
         self.finished = 0
         self.closed_early = 0  # generator closed (GeneratorExit) before it finished
         self.closed = threading.Event()
+        self.warmed = 0  # warm_next calls
+        self.warm_passages = 0  # how many passages warm_next pretends to read before all are kept
 
     # --- search
     def search(self, query: str, k: int | None = None) -> list[Hit]:
@@ -181,6 +183,12 @@ class FakePipeline:
         if doc_id not in self.docs:
             raise InputError(f"no document with id {doc_id!r}")
         del self.docs[doc_id]
+
+    def warm_next(self) -> bool:
+        # Counts the calls (the idle warmer's test); there is nothing to keep.
+        self.warmed += 1
+        time.sleep(0.005)  # a read takes time; a warmer that spins would show in the busy test
+        return self.warmed < self.warm_passages
 
     def info(self) -> dict[str, object]:
         return {

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -375,6 +376,55 @@ def test_unknown_route_and_method(client: TestClient) -> None:
 
 
 # --- concurrency -------------------------------------------------------------------------------------
+
+
+def _wait_for(check: Any, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def test_the_service_warms_passages_while_idle_and_never_while_answering(tmp_path: Path) -> None:
+    fake = FakePipeline()
+    fake.warm_passages = 10**9  # more than the test will ever see: warming never runs out
+    fake.release.clear()
+    app = create_app(make_settings(tmp_path), lambda s: fake)
+    with TestClient(app) as c:
+        wait_ready(app)
+        assert _wait_for(lambda: fake.warmed >= 3)  # idle: it reads passage after passage
+        asking = threading.Thread(target=lambda: c.post("/ask", json={"question": "Etna?"}))
+        asking.start()
+        try:
+            assert fake.entered.wait(10)
+            busy_from = fake.warmed
+            time.sleep(0.3)  # ~60 reads' worth of time if it did not stop
+            busy_to = fake.warmed
+        finally:
+            fake.release.set()  # never leave the question hanging, even when an assert failed
+            asking.join(10)
+        assert busy_to <= busy_from + 1  # at most the read that was under way when the question came
+        assert _wait_for(lambda: fake.warmed > busy_from + 3)  # idle again: it carries on
+
+
+def test_the_warmer_stops_once_every_passage_is_kept_and_can_be_turned_off(tmp_path: Path) -> None:
+    fake = FakePipeline()
+    fake.warm_passages = 3
+    app = create_app(make_settings(tmp_path), lambda s: fake)
+    with TestClient(app):
+        wait_ready(app)
+        assert _wait_for(lambda: fake.warmed == 3)
+        time.sleep(0.2)
+        assert fake.warmed == 3  # all kept: it waits (30 s) before looking again
+    off = FakePipeline()
+    off.warm_passages = 3
+    app = create_app(make_settings(tmp_path, warm_when_idle=False), lambda s: off)
+    with TestClient(app):
+        wait_ready(app)
+        time.sleep(0.2)
+        assert off.warmed == 0
 
 
 def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
