@@ -1,37 +1,56 @@
-"""Decision stage: answer from the best passage, or say the documents do not say.
+"""Decision stage: which passages to answer from, or say the documents do not say.
 
-The signal is the model's own: its probability of replying NOT FOUND on each
-passage it read alone with the question (``rag.reading``). The question is
+The signal is the model's own: its probability of replying NOT FOUND. First on each
+passage it read alone with the question (``rag.reading.read_each``): the question is
 answered from the passage with the lowest such probability when that is under
-``RAG_REFUSE_AT``, a bar calibrated on the gold set's tuning part and reported on
-its held-out part (see README and eval/README.md).
+``RAG_REFUSE_AT``. When no passage alone clears that bar, the answer may need several:
+the best sentences of all of them are read at once (``rag.reading.read_together``) and
+answered from when P(NOT FOUND) there is under ``RAG_REFUSE_TOGETHER_AT``. Both bars are
+calibrated on the gold set's tuning part and reported on its held-out part (README).
 
-The confidence an answer carries is ``1 - P(NOT FOUND)`` on its passage.
+The confidence an answer carries is ``1 - P(NOT FOUND)`` on what it was answered from.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from rag.reading import PassageRead, Reading
+from rag.reading import Reading
+from rag.types import Hit
 
 
 @dataclass(frozen=True)
 class Decision:
-    read: PassageRead | None  # the passage to answer from; None = refuse
-    confidence: float  # the model's P(the passage holds an answer)
+    passages: tuple[Hit, ...]  # what to answer from; () = refuse
+    confidence: float  # the model's P(these passages hold an answer)
     reason: str  # why it refused ("" when it answers)
+
+    @property
+    def refused(self) -> bool:
+        return not self.passages
 
 
 def decide(reading: Reading, refuse_at: float) -> Decision:
     best = reading.best
     if best is None:
-        return Decision(None, 0.0, "no passage was read")
+        return Decision((), 0.0, "no passage was read")
     confidence = round(1.0 - best.p_not_found, 4)
     if best.p_not_found >= refuse_at:
         why = (
             f"the model finds no answer in any of the {len(reading.reads)} passages it read "
             f"(lowest p(NOT FOUND)={best.p_not_found:.2f} >= {refuse_at})"
         )
-        return Decision(None, confidence, why)
-    return Decision(best, confidence, "")
+        return Decision((), confidence, why)
+    return Decision((best.hit,), confidence, "")
+
+
+def decide_together(alone: Decision, together: Sequence[Hit], p_not_found: float | None, refuse_at: float) -> Decision:
+    """The second look, after ``alone`` refused: answer from ``together`` when the model finds the answer there."""
+    if p_not_found is None:
+        return alone
+    confidence = round(1.0 - p_not_found, 4)
+    if p_not_found >= refuse_at:
+        why = f"{alone.reason}, nor in the {len(together)} read together (p={p_not_found:.2f} >= {refuse_at})"
+        return Decision((), max(confidence, alone.confidence), why)
+    return Decision(tuple(together), confidence, "")

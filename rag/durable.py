@@ -1,13 +1,14 @@
 """Files that survive a crash: the writer lock and the directory flush, one home for both.
 
 Used by the index (``rag.store``), the model cache (``rag.models``,
-``rag.embedding_onnx``) and uploads (``rag.pipeline``).
+``rag.embedding_onnx``) and uploads (``rag.pipeline``, which stages them with ``stage_beside``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,3 +48,23 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def stage_beside(path: Path, data: bytes, *, prefix: str) -> Path:
+    """Write ``data`` durably beside ``path`` under a hidden name (ingest skips hidden files); returns it.
+
+    The name is a hash of the target's, so it never outgrows the file-name limit and
+    a retry after a crash overwrites the leftover instead of adding another. On an
+    ``OSError`` nothing is left behind.
+    """
+    tmp = path.with_name(f"{prefix}{hashlib.sha256(path.name.encode()).hexdigest()[:16]}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError:
+        tmp.unlink(missing_ok=True)
+        raise
+    return tmp

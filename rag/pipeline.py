@@ -20,11 +20,12 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from rag.decision import decide
+from rag.decision import decide, decide_together
 from rag.drafting import Draft, verified_stream
+from rag.durable import stage_beside
 from rag.embedding import Embedder
 from rag.errors import InputError, RagError, write_failed
-from rag.focus import readable
+from rag.focus import focus, readable
 from rag.generation import Generator, Message
 from rag.prompting import (
     NOT_FOUND,
@@ -34,7 +35,7 @@ from rag.prompting import (
     rewrite_messages,
     rewrite_prefix,
 )
-from rag.reading import chosen_messages, read_each
+from rag.reading import read_each, read_together
 from rag.rerank import Reranker
 from rag.retrieval import Retrieved, Retriever
 from rag.settings import Settings
@@ -193,9 +194,17 @@ class Pipeline:
             timings["passages_warm"] = reading.warm
             signals["p_not_found"] = " ".join(f"{r.rank}:{r.p_not_found:.4f}" for r in reading.reads)
             decision = decide(reading, s.refuse_at)
-            confidence = decision.confidence
             read = len(reading.reads)
-            if decision.read is None:
+            if decision.refused and (together := self._together(standalone, retrieved.hits)):
+                # No passage alone holds the answer: the best sentences of all of them, read at once.
+                t4 = time.perf_counter()
+                p_together = read_together(generator, standalone, together)
+                timings["read_together_s"] = time.perf_counter() - t4
+                if p_together is not None:
+                    signals["p_together"] = f"{p_together:.4f}"
+                decision = decide_together(decision, together, p_together, s.refuse_together_at)
+            confidence = decision.confidence
+            if decision.refused:
                 yield REFUSAL
                 yield finish(
                     REFUSAL,
@@ -207,7 +216,8 @@ class Pipeline:
                 )
                 return
             # Below the bar NOT FOUND is barred, so a near-tie never reads as a refusal.
-            answer_from, messages, avoid = [decision.read.hit], chosen_messages(standalone, decision.read), NOT_FOUND
+            answer_from = list(decision.passages)
+            messages, avoid = answer_messages(standalone, answer_from), NOT_FOUND
 
         t3 = time.perf_counter()
 
@@ -278,6 +288,15 @@ class Pipeline:
                     return True
         return False
 
+    def _together(self, question: str, hits: Sequence[Hit]) -> list[Hit]:
+        """The best sentences of the passages within RAG_TOGETHER_TOKENS; [] when that read is off or pointless."""
+        budget = self.settings.together_tokens
+        if budget <= 0 or len(hits) < 2:
+            return []
+        # Focus may keep only the top passage's window when the others match the question poorly:
+        # still a different, narrower read than the whole chunk was.
+        return focus(question, hits, budget, self.embedder.count_tokens)
+
     def _below_gate(self, retrieved: Retrieved) -> bool:
         # Both signals must be weak: a name-only question can have low cosine but a strong BM25 hit.
         s = self.settings
@@ -321,7 +340,10 @@ class Pipeline:
         corpus = self.settings.corpus_dir
         target = _safe_path(corpus, doc.id)
         with self._lock:
-            staged = _stage(target, data)
+            try:
+                staged = stage_beside(target, data, prefix=".upload-")
+            except OSError as exc:
+                raise write_failed(exc, f"the upload to {target.parent}", WRITE_HINT) from exc
             try:
                 index = add_or_update(self.settings.index_dir, doc, self.embedder, self.settings)
                 os.replace(staged, target)
@@ -379,27 +401,6 @@ def _safe_path(root: Path, name: str) -> Path:
     return target
 
 
-def _stage(path: Path, data: bytes) -> Path:
-    """Write ``data`` durably beside ``path`` under a hidden name (ingest skips hidden files); returns it.
-
-    The name is a hash of the target's, so it never outgrows the file-name limit and
-    a retry after a crash overwrites the leftover instead of adding another.
-    """
-    from rag.store import WRITE_HINT
-
-    tmp = path.with_name(f".upload-{hashlib.sha256(path.name.encode()).hexdigest()[:16]}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise write_failed(exc, f"the upload to {path.parent}", WRITE_HINT) from exc
-    return tmp
-
-
 def build_pipeline(
     settings: Settings,
     *,
@@ -416,18 +417,6 @@ def build_pipeline(
         from rag.generation import load_generator
 
         generator = load_generator(settings)
+    from rag.rerank import load_reranker
+
     return Pipeline(settings, embedder, generator, load_reranker(settings, generator))
-
-
-def load_reranker(settings: Settings, generator: Generator | None) -> Reranker | None:
-    from rag.rerank import CrossEncoderReranker, JudgeReranker
-
-    if settings.reranker == "cross-encoder":
-        if settings.reranker_path is None:
-            raise InputError("RAG_RERANKER=cross-encoder needs RAG_RERANKER_PATH (a CrossEncoder folder)")
-        return CrossEncoderReranker(settings.reranker_path)
-    if settings.reranker == "judge":
-        if generator is None or not hasattr(generator, "yes_probability"):
-            raise InputError("RAG_RERANKER=judge needs the llama generator (it scores passages with yes/no logits)")
-        return JudgeReranker(generator)  # type: ignore[arg-type]
-    return None

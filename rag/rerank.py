@@ -13,7 +13,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from rag.generation import YesNoJudge
+from rag.errors import InputError
+from rag.generation import Generator, YesNoJudge
+from rag.settings import Settings
 from rag.types import Hit
 
 JUDGE_SYSTEM = "Answer Yes or No: does the passage contain the answer to the question?"
@@ -66,3 +68,15 @@ class CrossEncoderReranker:
             return []
         scores = self.model.predict([(question, h.chunk.text) for h in hits], show_progress_bar=False)
         return _sorted(hits, [float(s) for s in scores])
+
+
+def load_reranker(settings: Settings, generator: Generator | None) -> Reranker | None:
+    if settings.reranker == "cross-encoder":
+        if settings.reranker_path is None:
+            raise InputError("RAG_RERANKER=cross-encoder needs RAG_RERANKER_PATH (a CrossEncoder folder)")
+        return CrossEncoderReranker(settings.reranker_path)
+    if settings.reranker == "judge":
+        if generator is None or not hasattr(generator, "yes_probability"):
+            raise InputError("RAG_RERANKER=judge needs the llama generator (it scores passages with yes/no logits)")
+        return JudgeReranker(generator)  # type: ignore[arg-type]
+    return None

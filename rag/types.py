@@ -100,8 +100,8 @@ class Answer:
     timings: dict[str, float] = field(default_factory=dict)
     provenance: dict[str, str] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
-    #: The model's probability that the passages hold the answer: the self-check's (RAG_MIN_JUDGE) when it
-    #: ran, else 1 minus its probability of replying NOT FOUND; None when neither was measured.
+    #: The model's probability that the passages it answered from hold the answer: 1 minus its probability
+    #: of replying NOT FOUND on them; None when the backend cannot tell.
     confidence: float | None = None
     #: The model's unverified output, kept so anyone can see what verification changed.
     draft: str = ""

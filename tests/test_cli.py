@@ -109,3 +109,17 @@ def test_a_bad_setting_is_one_error_line(monkeypatch: pytest.MonkeyPatch, capsys
     assert code == 2 and out == ""
     assert err.strip().count("\n") == 0
     assert err.startswith("error: bad setting: RAG_REFUSE_AT: Input should be less than or equal to 1")
+
+
+def test_warm_all_reads_every_passage_once_with_progress_on_stderr() -> None:
+    import io
+
+    from rag.cli import warm_all
+    from tests.api_fakes import FakePipeline
+
+    fake = FakePipeline()
+    fake.warm_passages = 4  # warm_next reads 3, then says all are kept
+    out = io.StringIO()
+    assert warm_all(fake, out) == 3 and fake.warmed == 4
+    assert "warming passage states: 3/" in out.getvalue() and out.getvalue().endswith("s\n")
+    assert warm_all(FakePipeline(), io.StringIO()) == 0  # nothing to read: nothing printed

@@ -61,6 +61,32 @@ def test_http_stream_on_loopback(real_pipeline: Any, real_settings: Settings) ->
         assert isinstance(final, dict) and "Rason" in final["answer"] and final["citations"]
 
 
+def test_the_official_openai_client_receives_only_verified_sentences(
+    real_pipeline: Any, real_settings: Settings
+) -> None:
+    from openai import OpenAI
+
+    # Issue 13: streamed, this question once sent a claim the article never makes, while the
+    # same request unstreamed refused. What streams must be what the final answer says.
+    questions = (PORT_QUESTION, "What did Kim Jong Un say about the missile test?")
+    app = create_app(real_settings.model_copy(update={"warm_when_idle": False}), lambda s: real_pipeline)
+    with serve(app) as url:
+        wait_ready(app, timeout=30)
+        client = OpenAI(base_url=f"{url}/v1", api_key="not-needed", max_retries=0, timeout=180)
+        for question in questions:
+            messages: list[Any] = [{"role": "user", "content": question}]
+            stream = client.chat.completions.create(model="rag-local", messages=messages, stream=True)
+            pieces = [chunk.choices[0].delta.content or "" for chunk in stream if chunk.choices]
+            whole = client.chat.completions.create(model="rag-local", messages=messages)
+            with httpx.Client(timeout=180) as http:
+                asked = http.post(f"{url}/ask", json={"question": question}).json()
+            assert "".join(pieces) == whole.choices[0].message.content == asked["answer"], question
+            if asked["abstained"]:
+                assert pieces == ["The documents do not say."]
+            else:
+                assert "[1]" in "".join(pieces) and asked["citations"]
+
+
 @pytest.mark.browser
 def test_page_with_real_models(page: Page, real_pipeline: Any, real_settings: Settings) -> None:
     app = create_app(real_settings, lambda s: real_pipeline)

@@ -153,18 +153,42 @@ def test_the_models_own_not_found_probability_decides_refusals(
 ) -> None:
     base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
     gen = ScoringFakeGenerator(base.reply, p_missing)
-    pipeline = Pipeline(settings.model_copy(update={"refuse_at": 0.5}), FakeEmbedder(), gen)
+    pipeline = Pipeline(settings.model_copy(update={"refuse_at": 0.5, "refuse_together_at": 0.5}), FakeEmbedder(), gen)
     answer = pipeline.ask("Which port were the munitions shipped from?")
     assert answer.abstained is abstained
     assert answer.confidence == round(1 - p_missing, 4)
     # No passage scored under the early-stop bar, so every passage was read alone.
-    assert [passage_count(m) for m in gen.scored] == [1] * settings.top_k
+    assert [passage_count(m) for m in gen.scored][: settings.top_k] == [1] * settings.top_k
     if abstained:
         assert answer.text == REFUSAL and answer.citations == () and gen.avoided == []
-        assert "finds no answer" in answer.notes[0]
+        # ...and, none alone holding the answer, their best sentences once more together.
+        assert len(gen.scored) == settings.top_k + 1 and answer.provenance["p_together"] == f"{p_missing:.4f}"
+        assert "finds no answer" in answer.notes[0] and "read together" in answer.notes[0]
     else:
         # Below the bar NOT FOUND is barred, so the model gives its best answer instead.
         assert gen.avoided == ["NOT FOUND"] and "Rason" in answer.text
+        assert len(gen.scored) == settings.top_k  # one passage sufficed: no read together
+
+
+def test_an_answer_no_passage_holds_alone_is_looked_for_in_all_of_them_together(settings: Settings) -> None:
+    base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
+    scored = 0
+
+    def p_not_found(messages: Sequence[Message]) -> float:
+        nonlocal scored
+        scored += 1
+        return 0.9 if scored <= settings.top_k else 0.1  # sure of nothing alone, sure together
+
+    gen = ScoringFakeGenerator(base.reply, p_not_found)
+    answer = Pipeline(settings, FakeEmbedder(), gen).ask("Which port were the munitions shipped from?")
+    assert not answer.abstained and "Rason" in answer.text and answer.confidence == 0.9
+    assert answer.provenance["p_together"] == "0.1000"
+    together = gen.scored[-1]
+    assert passages_of(gen.calls[-1]) == passages_of(together)  # drafted from what was read together
+    assert " ".join(answer.citations[0].text.split()) in " ".join(passages_of(together).split())
+    scored = 0
+    off = Pipeline(settings.model_copy(update={"together_tokens": 0}), FakeEmbedder(), gen)
+    assert off.ask("Which port were the munitions shipped from?").abstained  # without the second look: refused
 
 
 def passage_count(messages: Sequence[Message]) -> int:
