@@ -23,20 +23,10 @@ import numpy as np
 from rag.chunking import chunk_document
 from rag.embedding import Embedder
 from rag.errors import IndexFormatError, InputError
+from rag.index import DocEntry, Index, Manifest, resolve_index_type
 from rag.loaders import load_corpus
 from rag.settings import Settings
-from rag.store import (
-    REBUILD_HINT,
-    DocEntry,
-    Index,
-    Manifest,
-    current_version,
-    load_index,
-    read_manifest,
-    resolve_index_type,
-    save_index,
-    writer_lock,
-)
+from rag.store import REBUILD_HINT, current_version, load_index, read_manifest, save_index, writer_lock
 from rag.types import Chunk, Document
 
 log = logging.getLogger(__name__)
