@@ -89,7 +89,7 @@ def bench_backends(settings: Settings, passages: int, loaded: dict[str, Any], ro
 
 def bench_scale(sizes: list[int], dim: int, queries: int = 200) -> dict[str, float]:
     """Exact vs HNSW search latency and HNSW recall@10 on synthetic unit vectors."""
-    from rag.store import build_faiss
+    from rag.index import build_faiss
 
     rng = np.random.default_rng(0)
     out: dict[str, float] = {}

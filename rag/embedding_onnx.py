@@ -11,8 +11,13 @@ The export lands in ``<cache_dir>/onnx/<model>-<key>/`` (the shipped model folde
 may be read-only) and is written once: into a temp folder that is renamed into
 place, under an exclusive lock so parallel starts export it only once.
 
-Over 400 lines on purpose: export, quantization and the check against torch
-share one cache key and one folder layout, kept in one place.
+Over 400 lines on purpose (one module, not split): export, quantization and the check
+against torch share one cache key and one folder layout, kept in one place. The one
+seam, the embedder at run time vs the export, runs both ways: ``load_onnx_embedder``
+calls ``ensure_onnx``, and the export's check against torch pools and runs the ONNX
+file with the embedder's own ``pad_batch``, ``mean_pool`` and ``open_session``, so that
+it checks exactly what queries will run. Apart, the two halves would import each other
+(a cycle the import contracts forbid) or need a third module for those ~60 lines.
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ ANSWER_SYSTEM = (
 # Two worked examples after the system message: one answer, one NOT FOUND. Told only in
 # words, the 1.5B replied with a bare "[1]" to most questions; shown, it answers in a few
 # words with a marker. They sit in the fixed prompt prefix, so llama.cpp reads them once
-# and reuses them for every question (see LlamaCppGenerator.keep_prefix). Each shows the
+# and reuses them for every question (see rag.generation_llama). Each shows the
 # shape of every real prompt: one message with the passage, one with the question.
 EXAMPLES: tuple[tuple[str, str, str], ...] = (
     (

@@ -9,8 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from rag.embedding import Embedder
+from rag.index import Index
 from rag.keyword import KeywordIndex
-from rag.store import Index
 from rag.types import Chunk, Hit
 
 

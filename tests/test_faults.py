@@ -34,11 +34,12 @@ import rag.pipeline
 import rag.store
 from api.app import create_app
 from rag import cli
+from rag.index import Index
 from rag.ingest import ingest
 from rag.models import GgufSpec
 from rag.pipeline import Pipeline
 from rag.settings import Settings
-from rag.store import CURRENT, LOCK, Index, current_version, load_index
+from rag.store import CURRENT, LOCK, current_version, load_index
 from tests import fault_procs
 from tests.fakes import FakeEmbedder, FakeGenerator
 

@@ -8,13 +8,8 @@ from pathlib import Path
 import pytest
 
 from rag.errors import InputError, ModelError
-from rag.generation import (
-    TransformersGenerator,
-    load_generator,
-    plain_chat_prompt,
-    two_way_softmax,
-    yes_no_token_ids,
-)
+from rag.generation import load_generator, plain_chat_prompt, two_way_softmax, yes_no_token_ids
+from rag.generation_hf import TransformersGenerator
 from rag.settings import Settings
 
 SENTENCES = [

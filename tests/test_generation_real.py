@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from rag.generation import LlamaCppGenerator
+from rag.generation_llama import LlamaCppGenerator
 from rag.models import QWEN_CODER_1_5B, ensure_generator_gguf, stamped_sha256
 from rag.settings import Settings
 

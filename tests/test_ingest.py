@@ -357,7 +357,7 @@ class TickClock:
 def test_progress_lines_count_documents_and_chunks_with_rate_and_time_left() -> None:
     import io
 
-    from rag.ingest import IngestProgress
+    from rag.ingest_progress import IngestProgress
 
     out = io.StringIO()
     progress = IngestProgress(4, 400, stream=out, clock=TickClock(5.0), after_s=0.0, every_s=8.0)
@@ -376,7 +376,7 @@ def test_progress_lines_count_documents_and_chunks_with_rate_and_time_left() -> 
 def test_progress_stays_quiet_for_a_short_ingest_and_rewrites_one_line_on_a_terminal() -> None:
     import io
 
-    from rag.ingest import IngestProgress
+    from rag.ingest_progress import IngestProgress
 
     quiet = io.StringIO()
     progress = IngestProgress(2, 10, stream=quiet, clock=TickClock(0.1), after_s=2.0)
@@ -419,7 +419,7 @@ def test_cli_ingest_json_shows_progress_on_stderr_only(
     from rag import cli
 
     monkeypatch.setattr("rag.embedding.load_embedder", lambda settings: FakeEmbedder())
-    monkeypatch.setattr("rag.ingest.PROGRESS_AFTER_S", 0.0)  # as if the ingest were long
+    monkeypatch.setattr("rag.ingest_progress.PROGRESS_AFTER_S", 0.0)  # as if the ingest were long
     monkeypatch.setenv("RAG_CHUNK_TOKENS", "48")
     monkeypatch.setenv("RAG_CHUNK_OVERLAP", "8")
     assert cli.main(["ingest", str(corpus), "--index", str(tmp_path / "index"), "--json"]) == 0

@@ -15,18 +15,8 @@ from hypothesis import strategies as st
 
 import rag.store
 from rag.errors import IndexFormatError, StorageError
-from rag.store import (
-    CURRENT,
-    HNSW_EF_SEARCH,
-    DocEntry,
-    Index,
-    Manifest,
-    current_version,
-    load_index,
-    read_manifest,
-    resolve_index_type,
-    save_index,
-)
+from rag.index import HNSW_EF_SEARCH, DocEntry, Index, Manifest, resolve_index_type
+from rag.store import CURRENT, current_version, load_index, read_manifest, save_index
 from rag.types import Chunk
 
 DIM = 16
