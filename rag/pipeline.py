@@ -332,9 +332,10 @@ class Pipeline:
         and the index as they were; the caller acknowledges the upload only after this
         returns, so an acknowledged upload is in both.
         """
+        from rag.durable import fsync_dir
         from rag.ingest import add_or_update
         from rag.loaders import load_bytes
-        from rag.store import WRITE_HINT, fsync_dir
+        from rag.store import WRITE_HINT
 
         doc = load_bytes(filename, data)  # validates type and content before anything is written
         corpus = self.settings.corpus_dir
@@ -367,7 +368,7 @@ class Pipeline:
             path.unlink(missing_ok=True)
 
     def _swap(self, index: object) -> None:
-        from rag.store import Index
+        from rag.index import Index
 
         assert isinstance(index, Index)
         self._retriever = Retriever(

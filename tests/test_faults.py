@@ -29,6 +29,7 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+import rag.durable
 import rag.generation
 import rag.pipeline
 import rag.store
@@ -382,7 +383,7 @@ def test_a_real_write_refusal_from_the_kernel_exits_2_and_keeps_the_old_index(
 
 
 class _FullDiskOs:
-    """``os`` as rag.pipeline sees it, with fsync failing like a full disk (the staged upload's write)."""
+    """``os`` as rag.durable sees it, with fsync failing like a full disk (the staged upload's write)."""
 
     def __getattr__(self, name: str) -> Any:
         return getattr(os, name)
@@ -406,8 +407,8 @@ def test_full_disk_during_an_upload_is_507_and_changes_nothing(
         assert app.state.rag.wait_ready(10)
         before = tree(tmp_path)
         if where == "staging the file":
-            monkeypatch.setattr(rag.pipeline, "os", _FullDiskOs())
-            free_space = lambda: monkeypatch.setattr(rag.pipeline, "os", os)  # noqa: E731
+            monkeypatch.setattr(rag.durable, "os", _FullDiskOs())
+            free_space = lambda: monkeypatch.setattr(rag.durable, "os", os)  # noqa: E731
         else:
             free_space = full_disk_at(monkeypatch, 2)
         resp = client.post("/documents", files=upload)
