@@ -17,6 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from rag.errors import InputError, RagError
+from rag.formats import page_label
 from rag.settings import Settings
 
 
@@ -124,7 +125,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if answer.citations:
         print("\nSources:")
         for c in answer.citations:
-            page = f" p.{c.page}" if c.page is not None else ""
+            page = f" {page_label(c.doc_id, c.page)}" if c.page is not None else ""
             snippet = " ".join(c.text.split())[:140]
             print(f"  [{c.marker}] {c.doc_id}{page} chars {c.start}-{c.end}: {snippet}")
     return 0

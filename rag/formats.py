@@ -1,0 +1,317 @@
+"""Office documents and tables -> text: ``.docx``, ``.pptx``, ``.odt``, ``.csv`` and ``.tsv``.
+
+Each reader returns the document's text (blocks joined by a blank line, so the
+chunker cuts between them first); ``.pptx`` also returns where each slide
+starts, which ``Document.page_starts`` keeps exactly as it keeps a PDF's pages.
+
+The office formats are zip packages of XML, so a file is checked before any
+library parses it: it must be a zip that is not encrypted, whose parts do not
+inflate to more than ``MAX_INFLATED_BYTES`` beyond the file's own size (a zip
+bomb), and whose XML carries no DTD (entity expansion, external entities).
+Every failure is an ``InputError`` naming the file; nothing here writes anything.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import zipfile
+from collections.abc import Iterable, Iterator
+from pathlib import PurePosixPath
+from typing import Any
+from xml.etree.ElementTree import Element
+from xml.parsers import expat
+
+from rag.errors import InputError
+
+DOCX_SUFFIXES = frozenset({".docx"})
+PPTX_SUFFIXES = frozenset({".pptx"})
+ODT_SUFFIXES = frozenset({".odt"})
+TABLE_SUFFIXES = frozenset({".csv", ".tsv"})
+OFFICE_SUFFIXES = DOCX_SUFFIXES | PPTX_SUFFIXES | ODT_SUFFIXES
+
+# XML inflated beyond the file's own size: media parts are stored about as they are, so a real
+# document stays far below this, while a zip bomb's few kB claim gigabytes.
+MAX_INFLATED_BYTES = 64 * 1024 * 1024
+# A CSV passage is the header line plus rows up to about this many characters: well under the
+# default 200-token chunk even for digit-heavy rows, so the chunker never has to cut a group.
+TABLE_GROUP_CHARS = 400
+# Encrypted Word/PowerPoint files are not zips but OLE compound files (as are the old .doc/.ppt).
+_OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
+_WHITESPACE = re.compile(r"\s+")
+
+
+def page_label(doc_id: str, page: int) -> str:
+    """How a citation names its page: slides for presentations.
+
+    >>> page_label("deck.pptx", 3), page_label("report.pdf", 3)
+    ('slide 3', 'p.3')
+    """
+    return f"slide {page}" if PurePosixPath(doc_id).suffix.lower() in PPTX_SUFFIXES else f"p.{page}"
+
+
+def docx_text(doc_id: str, data: bytes) -> str:
+    """Paragraphs, headings and tables of a Word document's body, in reading order."""
+    _check_package(doc_id, data, "Word (.docx)").close()
+    try:
+        import docx
+        from docx.table import Table
+
+        blocks: list[str] = []
+        for item in docx.Document(io.BytesIO(data)).iter_inner_content():
+            if isinstance(item, Table):
+                blocks.append(_table_block(_docx_rows(item)))
+            else:
+                blocks.append(_normalize(item.text))
+    except InputError:
+        raise
+    except Exception as exc:  # python-docx raises many types on damaged packages; all mean "unreadable"
+        raise _unreadable(doc_id, "Word (.docx)", exc) from exc
+    return _join(blocks)
+
+
+def pptx_text(doc_id: str, data: bytes) -> tuple[str, tuple[int, ...]]:
+    """Each slide's text, then its speaker notes; ``starts[n]`` is where slide n+1 begins (like PDF pages)."""
+    _check_package(doc_id, data, "PowerPoint (.pptx)").close()
+    try:
+        from pptx import Presentation
+
+        slides: list[str] = []
+        for slide in Presentation(io.BytesIO(data)).slides:
+            blocks = [block for shape in slide.shapes for block in _shape_blocks(shape)]
+            if slide.has_notes_slide and slide.notes_slide.notes_text_frame is not None:
+                blocks.append(_normalize(slide.notes_slide.notes_text_frame.text))
+            slides.append(_join(blocks))
+    except InputError:
+        raise
+    except Exception as exc:  # python-pptx, like python-docx, has no single error type for bad files
+        raise _unreadable(doc_id, "PowerPoint (.pptx)", exc) from exc
+    starts: list[int] = []
+    offset = 0
+    for slide_text in slides:
+        starts.append(offset)
+        offset += len(slide_text) + 2  # the "\n\n" joiner
+    return "\n\n".join(slides), tuple(starts)
+
+
+def odt_text(doc_id: str, data: bytes) -> str:
+    """Headings, paragraphs, lists and tables of an OpenDocument text, read from its content.xml."""
+    from defusedxml import DefusedXmlException
+    from defusedxml.ElementTree import fromstring
+
+    kind = "OpenDocument (.odt)"
+    with _check_package(doc_id, data, kind) as package:
+        names = set(package.namelist())
+        if "META-INF/manifest.xml" in names and b"encryption-data" in package.read("META-INF/manifest.xml"):
+            raise InputError(f"Skipped {doc_id}: the {kind} file is password-protected; save it without a password.")
+        if "content.xml" not in names:
+            raise InputError(f"Skipped {doc_id}: it is not a readable {kind} file (it has no content.xml).")
+        content = package.read("content.xml")
+    try:
+        root = fromstring(content, forbid_dtd=True)
+        body = root.find(f"{{{_OFFICE}}}body/{{{_OFFICE}}}text")
+        blocks = list(_odt_blocks(body)) if body is not None else []
+    except DefusedXmlException as exc:
+        raise InputError(f"Skipped {doc_id}: its XML declares a DTD or entities, which are not read.") from exc
+    except RecursionError as exc:
+        raise InputError(f"Skipped {doc_id}: its XML is nested too deeply to read.") from exc
+    except Exception as exc:  # expat's ParseError and friends: a damaged content.xml
+        raise _unreadable(doc_id, kind, exc) from exc
+    return _join(blocks)
+
+
+def table_text(doc_id: str, text: str, suffix: str) -> str:
+    """Rows as ``a | b | c`` lines, grouped into passages that each start with the header line.
+
+    The header is repeated in the text itself (not added at chunking time), so every passage is
+    still an exact slice of the document and a cited cell always comes with its column names.
+
+    >>> table_text("t.csv", "city,height\\nCatania,7\\nEnna,931\\n", ".csv")
+    'city | height\\nCatania | 7\\nEnna | 931'
+    """
+    sample = text[:4096]
+    delimiter = "\t" if suffix == ".tsv" else _sniff_delimiter(sample)
+    try:
+        reader = csv.reader(io.StringIO(text), delimiter=delimiter)
+        rows = [[_WHITESPACE.sub(" ", cell).strip() for cell in row] for row in reader]
+    except csv.Error as exc:  # "field larger than field limit (131072)", stray quotes in strict mode
+        raise InputError(
+            f"Skipped {doc_id}: it is not a readable table ({exc}); a field may be huge or a quote unclosed."
+        ) from exc
+    lines = [" | ".join(row) for row in rows if any(row)]
+    if not lines:
+        return ""
+    header, body = lines[0], lines[1:]
+    if not body:
+        return header
+    groups: list[list[str]] = []
+    size = TABLE_GROUP_CHARS + 1
+    for line in body:
+        if size + len(line) + 1 > TABLE_GROUP_CHARS and (not groups or len(groups[-1]) > 1):
+            groups.append([header])
+            size = len(header)
+        groups[-1].append(line)
+        size += len(line) + 1
+    return "\n\n".join("\n".join(group) for group in groups)
+
+
+def _sniff_delimiter(sample: str) -> str:
+    """Comma unless the sample is clearly ';'- or '|'-separated (spreadsheets in many locales write ';')."""
+    try:
+        return csv.Sniffer().sniff(sample, delimiters=",;|\t").delimiter
+    except csv.Error:
+        return ","
+
+
+def _check_package(doc_id: str, data: bytes, kind: str) -> zipfile.ZipFile:
+    """Open ``data`` as a zip after the checks in the module docstring; the caller closes it."""
+    if data.startswith(_OLE_MAGIC):
+        raise InputError(
+            f"Skipped {doc_id}: the {kind} file is password-protected or in the old binary format; "
+            "save it without a password in the current format."
+        )
+    try:
+        package = zipfile.ZipFile(io.BytesIO(data))
+        infos = package.infolist()
+    except Exception as exc:  # BadZipFile, or struct/OSError on a cut-off central directory
+        raise _unreadable(doc_id, kind, exc) from exc
+    # zipfile never inflates a member beyond its declared size (it checks the CRC), so the sum is a cap.
+    inflated = sum(info.file_size for info in infos)
+    if inflated > MAX_INFLATED_BYTES + len(data):
+        raise InputError(
+            f"Skipped {doc_id}: its parts inflate to {inflated:,} bytes, more than "
+            f"{MAX_INFLATED_BYTES:,} beyond the file's size (a zip bomb?)."
+        )
+    if any(info.flag_bits & 0x1 for info in infos):
+        raise InputError(f"Skipped {doc_id}: the {kind} file is password-protected; save it without a password.")
+    try:
+        for info in infos:
+            if info.filename.endswith((".xml", ".rels")):
+                _refuse_dtd(doc_id, info.filename, package.read(info))
+    except InputError:
+        raise
+    except Exception as exc:  # a bad CRC or a damaged compressed stream
+        raise _unreadable(doc_id, kind, exc) from exc
+    return package
+
+
+class _RootReached(Exception):
+    """The prolog is over: a DTD can no longer appear."""
+
+
+def _refuse_dtd(doc_id: str, part: str, blob: bytes) -> None:
+    """Raise if the XML part declares a DTD; parses only up to its root element."""
+
+    def doctype(*_: Any) -> None:
+        raise InputError(f"Skipped {doc_id}: its XML ({part}) declares a DTD, which is not read (entity tricks).")
+
+    def root(*_: Any) -> None:
+        raise _RootReached
+
+    parser = expat.ParserCreate()
+    parser.StartDoctypeDeclHandler = doctype
+    parser.StartElementHandler = root
+    try:
+        parser.Parse(blob, True)
+    except _RootReached:
+        return
+    except expat.ExpatError:
+        return  # not well-formed: the library that reads the part reports it as damaged
+
+
+def _unreadable(doc_id: str, kind: str, exc: BaseException) -> InputError:
+    detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+    return InputError(f"Skipped {doc_id}: it is not a readable {kind} file ({type(exc).__name__}: {detail}).")
+
+
+def _normalize(text: str) -> str:
+    """One block's text: trimmed lines, no vertical tabs (PowerPoint's line breaks), no empty lines."""
+    lines = (_WHITESPACE.sub(" ", line).strip() for line in re.split(r"[\n\r\v]", text))
+    return "\n".join(line for line in lines if line)
+
+
+def _join(blocks: Iterable[str]) -> str:
+    return "\n\n".join(block for block in blocks if block)
+
+
+def _table_block(rows: Iterable[list[str]]) -> str:
+    """A table as one block: a row per line, cells separated by ' | ', empty rows dropped."""
+    lines = [" | ".join(cells) for cells in rows if any(cells)]
+    return "\n".join(lines)
+
+
+def _docx_rows(table: Any) -> Iterator[list[str]]:
+    for row in table.rows:
+        cells: list[str] = []
+        seen: set[int] = set()
+        for cell in row.cells:
+            # A merged cell is returned once per grid column it spans; read it once.
+            if id(cell._tc) in seen:
+                continue
+            seen.add(id(cell._tc))
+            cells.append(_WHITESPACE.sub(" ", cell.text).strip())
+        yield cells
+
+
+def _shape_blocks(shape: Any) -> Iterator[str]:
+    """Text of one slide shape, tables row by row, groups recursively, in the slide's shape order."""
+    from pptx.enum.shapes import MSO_SHAPE_TYPE
+
+    if shape.shape_type == MSO_SHAPE_TYPE.GROUP:
+        for inner in shape.shapes:
+            yield from _shape_blocks(inner)
+    elif getattr(shape, "has_table", False) and shape.has_table:
+        yield _table_block([_WHITESPACE.sub(" ", cell.text).strip() for cell in row.cells] for row in shape.table.rows)
+    elif shape.has_text_frame:
+        yield _normalize(shape.text_frame.text)
+
+
+_OFFICE = "urn:oasis:names:tc:opendocument:xmlns:office:1.0"
+_TEXT = "urn:oasis:names:tc:opendocument:xmlns:text:1.0"
+_TABLE = "urn:oasis:names:tc:opendocument:xmlns:table:1.0"
+# Inside a paragraph: notes and comments would land mid-sentence; change-tracking holds deleted text.
+_ODT_SKIPPED = frozenset(
+    {f"{{{_TEXT}}}note", f"{{{_OFFICE}}}annotation", f"{{{_TEXT}}}tracked-changes", f"{{{_TEXT}}}sequence-decls"}
+)
+_CELL = f"{{{_TABLE}}}table-cell"
+_ROW_GROUPS = frozenset(f"{{{_TABLE}}}{name}" for name in ("table-header-rows", "table-rows", "table-row-group"))
+
+
+def _odt_blocks(element: Element) -> Iterator[str]:
+    for child in element:
+        tag = child.tag
+        if tag in (f"{{{_TEXT}}}p", f"{{{_TEXT}}}h"):
+            yield _normalize(_odt_inline(child))
+        elif tag == f"{{{_TABLE}}}table":
+            yield _table_block(
+                [_WHITESPACE.sub(" ", " ".join(_odt_blocks(cell))).strip() for cell in row if cell.tag == _CELL]
+                for row in _odt_rows(child)
+            )
+        elif tag not in _ODT_SKIPPED:
+            yield from _odt_blocks(child)  # lists, list items, sections: their paragraphs in order
+
+
+def _odt_rows(element: Element) -> Iterator[Element]:
+    """The table's own rows (header rows and row groups included), not those of tables nested in its cells."""
+    for child in element:
+        if child.tag == f"{{{_TABLE}}}table-row":
+            yield child
+        elif child.tag in _ROW_GROUPS:
+            yield from _odt_rows(child)
+
+
+def _odt_inline(element: Element) -> str:
+    parts = [element.text or ""]
+    for child in element:
+        tag = child.tag
+        if tag == f"{{{_TEXT}}}s":
+            parts.append(" ")  # runs of spaces collapse anyway
+        elif tag == f"{{{_TEXT}}}tab":
+            parts.append("\t")
+        elif tag == f"{{{_TEXT}}}line-break":
+            parts.append("\n")
+        elif tag not in _ODT_SKIPPED:
+            parts.append(_odt_inline(child))  # spans, links, bookmarks
+        parts.append(child.tail or "")
+    return "".join(parts)
