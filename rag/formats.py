@@ -42,13 +42,18 @@ _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _WHITESPACE = re.compile(r"\s+")
 
 
+def is_slides(doc_id: str) -> bool:
+    """Whether the document's pages are slides (a presentation)."""
+    return PurePosixPath(doc_id).suffix.lower() in PPTX_SUFFIXES
+
+
 def page_label(doc_id: str, page: int) -> str:
     """How a citation names its page: slides for presentations.
 
     >>> page_label("deck.pptx", 3), page_label("report.pdf", 3)
     ('slide 3', 'p.3')
     """
-    return f"slide {page}" if PurePosixPath(doc_id).suffix.lower() in PPTX_SUFFIXES else f"p.{page}"
+    return f"slide {page}" if is_slides(doc_id) else f"p.{page}"
 
 
 def docx_text(doc_id: str, data: bytes) -> str:

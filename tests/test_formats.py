@@ -1,0 +1,312 @@
+"""The office and table loaders (rag/formats.py) on real files the tests build: text, offsets, slides, headers."""
+
+from __future__ import annotations
+
+import io
+import time
+import zipfile
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rag.chunking import chunk_document
+from rag.errors import InputError
+from rag.formats import TABLE_GROUP_CHARS, page_label
+from rag.ingest import ingest
+from rag.loaders import load_bytes, load_corpus
+from rag.pipeline import Pipeline
+from rag.settings import Settings
+from rag.store import load_index
+from rag.types import Document
+from tests.fakes import FakeEmbedder, FakeGenerator
+from tests.office_files import (
+    BILLION_LAUGHS,
+    MANIFEST,
+    docx_file,
+    odt_body,
+    odt_file,
+    pptx_file,
+    replace_part,
+    zip_bomb,
+)
+
+COUNT = FakeEmbedder().count_tokens
+
+
+def chunks_of(doc: Document, chunk_tokens: int = 200, overlap: int = 40) -> list[tuple[str, int, int, int | None]]:
+    out = []
+    for c in chunk_document(doc, COUNT, chunk_tokens, overlap):
+        assert doc.text[c.start : c.end] == c.text  # the project's promise, for every format
+        out.append((c.text, c.start, c.end, c.page))
+    return out
+
+
+# ---------- .docx ----------
+
+
+def test_docx_reads_heading_paragraphs_and_tables_in_reading_order() -> None:
+    data = docx_file(
+        ["Mount Etna is the tallest active volcano in Europe.", [["town", "height"], ["Catania", "7 m"]], "After."],
+        heading="Etna report",
+    )
+    doc = load_bytes("etna.docx", data)
+    assert doc.text == (
+        "Etna report\n\nMount Etna is the tallest active volcano in Europe.\n\ntown | height\nCatania | 7 m\n\nAfter."
+    )
+    assert doc.page_starts == ()
+
+
+def test_docx_merged_cell_is_read_once() -> None:
+    import docx
+
+    document = docx.Document()
+    table = document.add_table(rows=2, cols=3)
+    table.cell(0, 0).merge(table.cell(0, 2)).text = "Merged title"
+    for c, text in enumerate(["a", "b", "c"]):
+        table.cell(1, c).text = text
+    out = io.BytesIO()
+    document.save(out)
+    assert load_bytes("m.docx", out.getvalue()).text == "Merged title\na | b | c"
+
+
+# ---------- .pptx ----------
+
+
+def test_pptx_slides_are_pages_and_notes_follow_their_slide() -> None:
+    data = pptx_file(
+        [
+            ("Etna", "Tallest active volcano in Europe", "Say the height"),
+            ("", "", ""),  # an empty slide still counts, so later numbers stay right
+            ("Stromboli", "Erupts every few minutes\nLighthouse of the Mediterranean", ""),
+        ]
+    )
+    doc = load_bytes("deck.pptx", data)
+    slide1 = "Etna\n\nTallest active volcano in Europe\n\nSay the height"
+    slide3 = "Stromboli\n\nErupts every few minutes\nLighthouse of the Mediterranean"
+    assert doc.text == f"{slide1}\n\n\n\n{slide3}"
+    assert doc.page_starts == (0, len(slide1) + 2, len(slide1) + 4)
+    assert doc.page_at(doc.text.index("Stromboli")) == 3
+    assert doc.page_at(doc.text.index("Say the height")) == 1
+
+
+def test_pptx_chunks_carry_their_slide_number() -> None:
+    slides = [(f"Topic {i}", " ".join(f"fact{i}w{j}" for j in range(60)), f"note {i}") for i in range(1, 6)]
+    doc = load_bytes("deck.pptx", pptx_file(slides))
+    chunks = chunks_of(doc, chunk_tokens=64, overlap=0)
+    for text, start, end, page in chunks:
+        assert page == doc.page_at(start) == doc.page_at(end - 1)  # a passage never spans two slides
+        first_word = next(w for w in text.split() if w.startswith("fact"))
+        assert page == int(first_word[4 : first_word.index("w")])
+    assert {c[3] for c in chunks} == {1, 2, 3, 4, 5}
+
+
+def test_page_label_names_slides() -> None:
+    assert page_label("talks/Deck.PPTX", 2) == "slide 2"
+    assert page_label("a.pdf", 2) == "p.2"
+
+
+# ---------- .odt ----------
+
+
+def test_odt_reads_headings_lists_tables_and_skips_notes() -> None:
+    body = (
+        "<text:h>Etna</text:h>"
+        '<text:p>Tallest<text:s text:c="3"/>volcano <text:span>in <text:a>Europe</text:a></text:span>.'
+        "<text:note><text:note-body><text:p>A footnote.</text:p></text:note-body></text:note></text:p>"
+        "<text:list><text:list-item><text:p>first</text:p></text:list-item>"
+        "<text:list-item><text:p>second<text:line-break/>line</text:p></text:list-item></text:list>"
+        "<table:table><table:table-header-rows><table:table-row><table:table-cell><text:p>town</text:p>"
+        "</table:table-cell><table:table-cell><text:p>height</text:p></table:table-cell></table:table-row>"
+        "</table:table-header-rows><table:table-row><table:table-cell><text:p>Enna</text:p></table:table-cell>"
+        "<table:table-cell><text:p>931</text:p></table:table-cell></table:table-row></table:table>"
+        "<text:section><text:p>In a section.</text:p></text:section>"
+    )
+    doc = load_bytes("etna.odt", odt_file(body))
+    assert doc.text == (
+        "Etna\n\nTallest volcano in Europe.\n\nfirst\n\nsecond\nline\n\ntown | height\nEnna | 931\n\nIn a section."
+    )
+
+
+# ---------- .csv / .tsv ----------
+
+
+def test_csv_passages_each_start_with_the_header_line() -> None:
+    rows = "\n".join(f"Town{i},{i * 7},Sicily" for i in range(200))
+    doc = load_bytes("towns.csv", f"town,height,region\n{rows}\n".encode())
+    header = "town | height | region"
+    groups = doc.text.split("\n\n")
+    assert len(groups) > 5
+    assert all(g.startswith(header + "\n") and len(g) <= TABLE_GROUP_CHARS for g in groups)
+    assert [line for g in groups for line in g.split("\n")[1:]] == [f"Town{i} | {i * 7} | Sicily" for i in range(200)]
+    for text, *_ in chunks_of(doc):
+        assert text.startswith(header + "\n")
+
+
+def test_csv_quoted_fields_semicolons_and_tsv() -> None:
+    assert (
+        load_bytes("q.csv", b'name,quote\r\nEtna,"hot,\r\nvery hot"\r\n').text == "name | quote\nEtna | hot, very hot"
+    )
+    assert load_bytes("s.csv", "Ort;Höhe\nEnna;931\nCatania;7\n".encode()).text == "Ort | Höhe\nEnna | 931\nCatania | 7"
+    assert load_bytes("t.tsv", b"a\tb\n1\t2, 3\n").text == "a | b\n1 | 2, 3"
+
+
+def test_one_long_row_is_its_own_passage_under_the_header() -> None:
+    long = "x" * (2 * TABLE_GROUP_CHARS)
+    text = load_bytes("l.csv", f"k,v\n1,short\n2,{long}\n3,short\n".encode()).text
+    assert text == f"k | v\n1 | short\n\nk | v\n2 | {long}\n\nk | v\n3 | short"
+
+
+# ---------- exact offsets, any content ----------
+
+WORDS = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), min_size=1, max_size=30)
+PARAGRAPHS = st.lists(st.lists(WORDS, min_size=1, max_size=12).map(" ".join), min_size=1, max_size=8)
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def assert_paragraphs_kept(doc: Document, paragraphs: list[str]) -> None:
+    for paragraph in paragraphs:
+        words = paragraph.split()
+        if words:
+            assert " ".join(words) in doc.text
+
+
+@SETTINGS
+@given(PARAGRAPHS)
+def test_docx_offsets_are_exact(paragraphs: list[str]) -> None:
+    try:
+        doc = load_bytes("p.docx", docx_file(paragraphs))
+    except InputError as exc:
+        assert "no text" in str(exc)
+        return
+    assert_paragraphs_kept(doc, paragraphs)
+    chunks_of(doc, chunk_tokens=16, overlap=4)
+
+
+@SETTINGS
+@given(st.lists(PARAGRAPHS, min_size=1, max_size=5))
+def test_pptx_offsets_and_slide_numbers_are_exact(slides: list[list[str]]) -> None:
+    try:
+        doc = load_bytes("p.pptx", pptx_file([(s[0], "\n".join(s[1:]), "") for s in slides]))
+    except InputError as exc:
+        assert "no text" in str(exc)
+        return
+    assert len(doc.page_starts) == len(slides)
+    for n, slide in enumerate(slides, 1):
+        title = " ".join(slide[0].split())
+        if title:
+            assert doc.text.find(title, doc.page_starts[n - 1]) >= 0
+    for _text, start, end, page in chunks_of(doc, chunk_tokens=16, overlap=4):
+        assert page == doc.page_at(start) == doc.page_at(end - 1)
+
+
+@SETTINGS
+@given(PARAGRAPHS)
+def test_odt_offsets_are_exact(paragraphs: list[str]) -> None:
+    try:
+        doc = load_bytes("p.odt", odt_file(odt_body(paragraphs)))
+    except InputError as exc:
+        assert "no text" in str(exc)
+        return
+    assert_paragraphs_kept(doc, paragraphs)
+    chunks_of(doc, chunk_tokens=16, overlap=4)
+
+
+CELLS = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs", "Cc")), max_size=20)
+
+
+@SETTINGS
+@given(st.lists(st.lists(CELLS, min_size=3, max_size=3), min_size=2, max_size=60))
+def test_csv_offsets_are_exact_and_every_passage_has_the_header(rows: list[list[str]]) -> None:
+    import csv
+
+    out = io.StringIO()
+    csv.writer(out).writerows([["col a", "col b", "col c"], *rows])
+    doc = load_bytes("p.csv", out.getvalue().encode())
+    for text, *_ in chunks_of(doc, chunk_tokens=200, overlap=40):
+        assert text.startswith("col a | col b | col c")
+
+
+# ---------- a folder of every type, through ingest and a question ----------
+
+
+def every_kind(root: Path) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "notes.txt").write_text("Vulcano gave its name to every volcano.")
+    (root / "report.docx").write_bytes(docx_file(["Etna stands on the east coast of Sicily."], heading="Etna"))
+    (root / "talk.pptx").write_bytes(
+        pptx_file([("Intro", "Sicily has three active volcanoes", ""), ("Stromboli", "Stromboli erupts hourly", "")])
+    )
+    (root / "essay.odt").write_bytes(odt_file(odt_body(["Vesuvius buried Pompeii in 79 AD."])))
+    (root / "towns.csv").write_text("town,height\nEnna,931 m\nCatania,7 m\n")
+    (root / "peaks.tsv").write_text("peak\tmetres\nEtna\t3357\n")
+
+
+def test_a_folder_of_every_kind_is_ingested_and_searchable(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    every_kind(corpus)
+    settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "index")
+    report = ingest(corpus, settings.index_dir, FakeEmbedder(), settings, progress=False)
+    assert report.warnings == () and report.documents_total == 6
+    index = load_index(settings.index_dir)
+    by_doc = {c.doc_id: c for c in index.chunks}
+    assert set(by_doc) == {"notes.txt", "report.docx", "talk.pptx", "essay.odt", "towns.csv", "peaks.tsv"}
+    pipeline = Pipeline(settings, FakeEmbedder(), FakeGenerator(lambda m: "Stromboli erupts hourly [1]."))
+    hits = pipeline.search("Stromboli erupts hourly", k=1)
+    assert hits[0].chunk.doc_id == "talk.pptx"
+    answer = pipeline.ask("How often does Stromboli erupt?")
+    cited = [c for c in answer.citations if c.doc_id == "talk.pptx"]
+    assert cited and cited[0].page == 2 and page_label(cited[0].doc_id, 2) == "slide 2"
+
+
+def test_bad_office_files_are_one_warning_each_and_the_rest_is_indexed(tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    every_kind(corpus)
+    good = docx_file(["fine"])
+    (corpus / "bomb.docx").write_bytes(zip_bomb(80 << 20))
+    (corpus / "locked.pptx").write_bytes(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(512))
+    (corpus / "cut.docx").write_bytes(good[: len(good) // 2])
+    (corpus / "laughs.docx").write_bytes(replace_part(good, "word/document.xml", BILLION_LAUGHS + b"<w:document/>"))
+    (corpus / "secret.odt").write_bytes(
+        odt_file(odt_body(["x"]), manifest=MANIFEST.replace("</manifest:manifest>", "<encryption-data/></m>"))
+    )
+    (corpus / "huge.csv").write_text("a,b\n1," + "y" * 200_000 + "\n")
+    (corpus / "latin.csv").write_bytes("ville,café\nLyon,crème\n".encode("latin-1"))
+    docs, warnings = load_corpus(corpus)
+    assert len(docs) == 6
+    assert len(warnings) == 7, warnings
+    said = " ".join(warnings)
+    for name, reason in [
+        ("bomb.docx", "zip bomb"),
+        ("locked.pptx", "password-protected"),
+        ("cut.docx", "not a readable Word"),
+        ("laughs.docx", "DTD"),
+        ("secret.odt", "password-protected"),
+        ("huge.csv", "field larger than field limit"),
+        ("latin.csv", "not valid UTF-8"),
+    ]:
+        assert any(name in w and reason in w for w in warnings), (name, said)
+    settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "index")
+    report = ingest(corpus, settings.index_dir, FakeEmbedder(), settings, progress=False)
+    assert report.documents_total == 6 and len(report.warnings) == 7
+
+
+def test_a_zip_bomb_is_refused_before_it_is_inflated() -> None:
+    bomb = zip_bomb(80 << 20)
+    assert len(bomb) < 200_000
+    started = time.perf_counter()
+    with pytest.raises(InputError, match=r"bomb\.docx: its parts inflate to 83,886,\d+ bytes"):
+        load_bytes("bomb.docx", bomb)
+    assert time.perf_counter() - started < 0.5
+
+
+def test_not_a_zip_at_all() -> None:
+    for name, kind in [("a.docx", "Word"), ("a.pptx", "PowerPoint"), ("a.odt", "OpenDocument")]:
+        with pytest.raises(InputError, match=f"{name}: it is not a readable {kind}"):
+            load_bytes(name, b"plain text, not a package")
+    with pytest.raises(InputError, match=r"no content\.xml"):
+        out = io.BytesIO()
+        with zipfile.ZipFile(out, "w") as package:
+            package.writestr("mimetype", "x")
+        load_bytes("empty.odt", out.getvalue())
