@@ -34,9 +34,12 @@ OFFICE_SUFFIXES = DOCX_SUFFIXES | PPTX_SUFFIXES | ODT_SUFFIXES
 # XML inflated beyond the file's own size: media parts are stored about as they are, so a real
 # document stays far below this, while a zip bomb's few kB claim gigabytes.
 MAX_INFLATED_BYTES = 64 * 1024 * 1024
-# A CSV passage is the header line plus rows up to about this many characters: well under the
-# default 200-token chunk even for digit-heavy rows, so the chunker never has to cut a group.
-TABLE_GROUP_CHARS = 400
+# A real document has tens to a few thousand parts; millions of empty ones only cost time.
+MAX_PARTS = 10_000
+# A CSV passage is the header line plus rows up to this many characters: under the default
+# 200-token chunk even for digit-heavy rows (MiniLM reads "12.345" as 3 tokens, about 2 characters
+# a token), so the chunker merges whole groups and never has to cut one below its header.
+TABLE_GROUP_CHARS = 300
 # Encrypted Word/PowerPoint files are not zips but OLE compound files (as are the old .doc/.ppt).
 _OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 _WHITESPACE = re.compile(r"\s+")
@@ -190,10 +193,12 @@ def _check_package(doc_id: str, data: bytes, kind: str) -> zipfile.ZipFile:
         )
     if any(info.flag_bits & 0x1 for info in infos):
         raise InputError(f"Skipped {doc_id}: the {kind} file is password-protected; save it without a password.")
+    if len(infos) > MAX_PARTS:
+        raise InputError(f"Skipped {doc_id}: it has {len(infos):,} parts, more than {MAX_PARTS:,} (not a real {kind}).")
     try:
+        # Every part, whatever its name: the package's content types could declare any name as XML.
         for info in infos:
-            if info.filename.endswith((".xml", ".rels")):
-                _refuse_dtd(doc_id, info.filename, package.read(info))
+            _refuse_dtd(doc_id, package, info)
     except InputError:
         raise
     except Exception as exc:  # a bad CRC or a damaged compressed stream
@@ -205,11 +210,13 @@ class _RootReached(Exception):
     """The prolog is over: a DTD can no longer appear."""
 
 
-def _refuse_dtd(doc_id: str, part: str, blob: bytes) -> None:
-    """Raise if the XML part declares a DTD; parses only up to its root element."""
+def _refuse_dtd(doc_id: str, package: zipfile.ZipFile, info: zipfile.ZipInfo) -> None:
+    """Raise if the part is XML that declares a DTD; inflates and parses only up to its root element."""
 
     def doctype(*_: Any) -> None:
-        raise InputError(f"Skipped {doc_id}: its XML ({part}) declares a DTD, which is not read (entity tricks).")
+        raise InputError(
+            f"Skipped {doc_id}: its XML ({info.filename}) declares a DTD, which is not read (entity tricks)."
+        )
 
     def root(*_: Any) -> None:
         raise _RootReached
@@ -218,11 +225,14 @@ def _refuse_dtd(doc_id: str, part: str, blob: bytes) -> None:
     parser.StartDoctypeDeclHandler = doctype
     parser.StartElementHandler = root
     try:
-        parser.Parse(blob, True)
+        with package.open(info) as stream:
+            while block := stream.read(64 * 1024):
+                parser.Parse(block, False)
+        parser.Parse(b"", True)
     except _RootReached:
         return
     except expat.ExpatError:
-        return  # not well-formed: the library that reads the part reports it as damaged
+        return  # not XML (an image) or not well-formed: the reader of the part reports the damage
 
 
 def _unreadable(doc_id: str, kind: str, exc: BaseException) -> InputError:

@@ -310,3 +310,25 @@ def test_not_a_zip_at_all() -> None:
         with zipfile.ZipFile(out, "w") as package:
             package.writestr("mimetype", "x")
         load_bytes("empty.odt", out.getvalue())
+
+
+def test_a_dtd_is_refused_in_any_part_whatever_its_name() -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(io.BytesIO(docx_file(["fine"]))) as src, zipfile.ZipFile(out, "w") as dst:
+        for info in src.infolist():
+            dst.writestr(info, src.read(info))
+        dst.writestr("word/media/image1.png", b"\x89PNG" + bytes(100))  # not XML: skipped quickly
+        dst.writestr(
+            "customXml/item9.bin", b'\xef\xbb\xbf<?xml version="1.0"?>\n<!DOCTYPE x SYSTEM "file:///etc/passwd"><x/>'
+        )
+    with pytest.raises(InputError, match=r"customXml/item9\.bin\) declares a DTD"):
+        load_bytes("d.docx", out.getvalue())
+
+
+def test_a_package_of_too_many_parts_is_refused() -> None:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as package:
+        for i in range(10_001):
+            package.writestr(f"p{i}", b"")
+    with pytest.raises(InputError, match="10,001 parts"):
+        load_bytes("many.odt", out.getvalue())
