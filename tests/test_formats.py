@@ -332,3 +332,13 @@ def test_a_package_of_too_many_parts_is_refused() -> None:
             package.writestr(f"p{i}", b"")
     with pytest.raises(InputError, match="10,001 parts"):
         load_bytes("many.odt", out.getvalue())
+
+
+def test_the_page_file_picker_offers_every_supported_type() -> None:
+    import re
+
+    from rag.loaders import SUPPORTED_SUFFIXES
+
+    page = (Path(__file__).resolve().parents[1] / "api" / "static" / "index.html").read_text(encoding="utf-8")
+    accept = re.search(r'id="file"[^>]*accept="([^"]*)"', page)
+    assert accept and set(accept.group(1).split(",")) == SUPPORTED_SUFFIXES
