@@ -317,8 +317,17 @@ def _odt_rows(element: Element) -> Iterator[Element]:
 
 
 def _odt_inline(element: Element) -> str:
+    """A paragraph's text in document order; a loop with its own stack, so spans nested any depth cost nothing."""
     parts = [element.text or ""]
-    for child in element:
+    stack = [(element, iter(element))]
+    while stack:
+        node, children = stack[-1]
+        child = next(children, None)
+        if child is None:
+            stack.pop()
+            if stack:  # the paragraph's own tail is not its text
+                parts.append(node.tail or "")
+            continue
         tag = child.tag
         if tag == f"{{{_TEXT}}}s":
             parts.append(" ")  # runs of spaces collapse anyway
@@ -327,6 +336,8 @@ def _odt_inline(element: Element) -> str:
         elif tag == f"{{{_TEXT}}}line-break":
             parts.append("\n")
         elif tag not in _ODT_SKIPPED:
-            parts.append(_odt_inline(child))  # spans, links, bookmarks
+            parts.append(child.text or "")  # spans, links, bookmarks: read inside, then their tail
+            stack.append((child, iter(child)))
+            continue
         parts.append(child.tail or "")
     return "".join(parts)
