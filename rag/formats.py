@@ -64,14 +64,9 @@ def docx_text(doc_id: str, data: bytes) -> str:
     _check_package(doc_id, data, "Word (.docx)").close()
     try:
         import docx
-        from docx.table import Table
 
-        blocks: list[str] = []
-        for item in docx.Document(io.BytesIO(data)).iter_inner_content():
-            if isinstance(item, Table):
-                blocks.append(_table_block(_docx_rows(item)))
-            else:
-                blocks.append(_normalize(item.text))
+        document = docx.Document(io.BytesIO(data))
+        blocks = list(_docx_blocks(document.element.body, document))
     except InputError:
         raise
     except Exception as exc:  # python-docx raises many types on damaged packages; all mean "unreadable"
@@ -254,6 +249,34 @@ def _table_block(rows: Iterable[list[str]]) -> str:
     """A table as one block: a row per line, cells separated by ' | ', empty rows dropped."""
     lines = [" | ".join(cells) for cells in rows if any(cells)]
     return "\n".join(lines)
+
+
+def _docx_blocks(container: Any, parent: Any) -> Iterator[str]:
+    """Paragraphs and tables in body order, including those inside content controls and tracked insertions
+    (python-docx's own ``iter_inner_content`` skips both)."""
+    from docx.oxml.ns import qn
+    from docx.table import Table
+
+    for child in container.iterchildren():
+        if child.tag == qn("w:p"):
+            yield _normalize(_docx_paragraph(child))
+        elif child.tag == qn("w:tbl"):
+            yield _table_block(_docx_rows(Table(child, parent)))
+        elif child.tag == qn("w:sdt"):
+            content = child.find(qn("w:sdtContent"))
+            if content is not None:
+                yield from _docx_blocks(content, parent)
+        elif child.tag in (qn("w:ins"), qn("w:customXml")):
+            yield from _docx_blocks(child, parent)
+
+
+def _docx_paragraph(paragraph: Any) -> str:
+    """A paragraph's runs and links, also those in tracked insertions, inline content controls and fields.
+
+    Deleted text (``w:delText``) and text boxes anchored in the paragraph are left out.
+    """
+    inner = "w:r | w:hyperlink | w:ins/w:r | w:sdt/w:sdtContent/w:r | w:smartTag/w:r | w:fldSimple/w:r"
+    return "".join(element.text for element in paragraph.xpath(inner))
 
 
 def _docx_rows(table: Any) -> Iterator[list[str]]:

@@ -342,3 +342,31 @@ def test_the_page_file_picker_offers_every_supported_type() -> None:
     page = (Path(__file__).resolve().parents[1] / "api" / "static" / "index.html").read_text(encoding="utf-8")
     accept = re.search(r'id="file"[^>]*accept="([^"]*)"', page)
     assert accept and set(accept.group(1).split(",")) == SUPPORTED_SUFFIXES
+
+
+def test_docx_reads_content_controls_and_tracked_insertions_but_not_deletions() -> None:
+    import docx
+    from docx.oxml import parse_xml
+    from docx.oxml.ns import nsdecls
+
+    document = docx.Document()
+    document.add_paragraph("Before.")
+    body = document.element.body
+    sectpr = body[-1]  # the section properties stay last
+    sectpr.addprevious(
+        parse_xml(
+            f"<w:sdt {nsdecls('w')}><w:sdtContent><w:p><w:r><w:t>Inside a content control.</w:t></w:r></w:p>"
+            "</w:sdtContent></w:sdt>"
+        )
+    )
+    sectpr.addprevious(
+        parse_xml(
+            f'<w:p {nsdecls("w")}><w:r><w:t xml:space="preserve">Etna is </w:t></w:r>'
+            '<w:del w:id="1" w:author="a"><w:r><w:delText>very </w:delText></w:r></w:del>'
+            '<w:ins w:id="2" w:author="a"><w:r><w:t xml:space="preserve">still </w:t></w:r></w:ins>'
+            "<w:r><w:t>active.</w:t></w:r></w:p>"
+        )
+    )
+    out = io.BytesIO()
+    document.save(out)
+    assert load_bytes("c.docx", out.getvalue()).text == "Before.\n\nInside a content control.\n\nEtna is still active."
