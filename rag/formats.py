@@ -106,11 +106,15 @@ def odt_text(doc_id: str, data: bytes) -> str:
     kind = "OpenDocument (.odt)"
     with _check_package(doc_id, data, kind) as package:
         names = set(package.namelist())
-        if "META-INF/manifest.xml" in names and b"encryption-data" in package.read("META-INF/manifest.xml"):
-            raise InputError(f"Skipped {doc_id}: the {kind} file is password-protected; save it without a password.")
-        if "content.xml" not in names:
-            raise InputError(f"Skipped {doc_id}: it is not a readable {kind} file (it has no content.xml).")
-        content = package.read("content.xml")
+        try:
+            manifest = package.read("META-INF/manifest.xml") if "META-INF/manifest.xml" in names else b""
+            content = package.read("content.xml") if "content.xml" in names else None
+        except Exception as exc:  # the check read only each part's start: a bad CRC shows up here
+            raise _unreadable(doc_id, kind, exc) from exc
+    if b"encryption-data" in manifest:
+        raise InputError(f"Skipped {doc_id}: the {kind} file is password-protected; save it without a password.")
+    if content is None:
+        raise InputError(f"Skipped {doc_id}: it is not a readable {kind} file (it has no content.xml).")
     try:
         root = fromstring(content, forbid_dtd=True)
         body = root.find(f"{{{_OFFICE}}}body/{{{_OFFICE}}}text")
@@ -138,7 +142,7 @@ def table_text(doc_id: str, text: str, suffix: str) -> str:
     try:
         reader = csv.reader(io.StringIO(text), delimiter=delimiter)
         rows = [[_WHITESPACE.sub(" ", cell).strip() for cell in row] for row in reader]
-    except csv.Error as exc:  # "field larger than field limit (131072)", stray quotes in strict mode
+    except csv.Error as exc:  # "field larger than field limit (131072)", e.g. an unclosed quote
         raise InputError(
             f"Skipped {doc_id}: it is not a readable table ({exc}); a field may be huge or a quote unclosed."
         ) from exc
@@ -149,7 +153,7 @@ def table_text(doc_id: str, text: str, suffix: str) -> str:
     if not body:
         return header
     groups: list[list[str]] = []
-    size = TABLE_GROUP_CHARS + 1
+    size = TABLE_GROUP_CHARS + 1  # the first row opens the first group
     for line in body:
         if size + len(line) + 1 > TABLE_GROUP_CHARS and (not groups or len(groups[-1]) > 1):
             groups.append([header])

@@ -370,3 +370,21 @@ def test_docx_reads_content_controls_and_tracked_insertions_but_not_deletions() 
     out = io.BytesIO()
     document.save(out)
     assert load_bytes("c.docx", out.getvalue()).text == "Before.\n\nInside a content control.\n\nEtna is still active."
+
+
+def corrupt(package: bytes, part: str) -> bytes:
+    """Zero 8 bytes in the middle of one part's compressed data: the zip directory is intact, the CRC is not."""
+    with zipfile.ZipFile(io.BytesIO(package)) as archive:
+        info = archive.getinfo(part)
+    data = bytearray(package)
+    at = info.header_offset + 30 + len(info.filename.encode()) + len(info.extra) + info.compress_size // 2
+    data[at : at + 8] = bytes(8)
+    return bytes(data)
+
+
+def test_a_damaged_part_is_unreadable_not_a_traceback() -> None:
+    words = [" ".join(f"word{i}" for i in range(2000))]
+    with pytest.raises(InputError, match=r"d\.odt: it is not a readable OpenDocument"):
+        load_bytes("d.odt", corrupt(odt_file(odt_body(words)), "content.xml"))
+    with pytest.raises(InputError, match=r"d\.docx: it is not a readable Word"):
+        load_bytes("d.docx", corrupt(docx_file(words), "word/document.xml"))
