@@ -392,3 +392,44 @@ def test_a_damaged_part_is_unreadable_not_a_traceback() -> None:
         load_bytes("d.odt", corrupt(odt_file(odt_body(words)), "content.xml"))
     with pytest.raises(InputError, match=r"d\.docx: it is not a readable Word"):
         load_bytes("d.docx", corrupt(docx_file(words), "word/document.xml"))
+
+
+def test_pptx_reads_tables_and_grouped_shapes() -> None:
+    from pptx import Presentation
+    from pptx.util import Inches
+
+    deck = Presentation()
+    slide = deck.slides.add_slide(deck.slide_layouts[6])  # blank
+    table = slide.shapes.add_table(2, 2, Inches(1), Inches(1), Inches(4), Inches(1)).table
+    for (r, c), text in zip([(0, 0), (0, 1), (1, 0), (1, 1)], ["volcano", "height", "Etna", "3357 m"], strict=True):
+        table.cell(r, c).text = text
+    group = slide.shapes.add_group_shape()
+    group.shapes.add_textbox(Inches(1), Inches(3), Inches(3), Inches(1)).text_frame.text = "Grouped caption"
+    out = io.BytesIO()
+    deck.save(out)
+    doc = load_bytes("t.pptx", out.getvalue())
+    assert doc.text == "volcano | height\nEtna | 3357 m\n\nGrouped caption"
+    assert doc.page_starts == (0,)
+
+
+def test_an_uploaded_deck_is_cited_by_slide_over_http(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from api.app import create_app
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "seed.md").write_text("Mount Etna stands on the east coast of Sicily.")
+    settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "index", api_key=None)
+    ingest(corpus, settings.index_dir, FakeEmbedder(), settings, progress=False)
+    pipeline = Pipeline(settings, FakeEmbedder(), FakeGenerator(lambda m: "Stromboli erupts hourly [1]."))
+    app = create_app(settings, lambda s: pipeline)
+    deck = pptx_file([("Intro", "Sicily", ""), ("Stromboli", "Stromboli erupts hourly", "Mention the lighthouse")])
+    with TestClient(app) as client:
+        assert app.state.rag.wait_ready(10)
+        resp = client.post("/documents", files={"file": ("talk.pptx", deck)})
+        assert resp.status_code == 201, resp.text
+        answer = client.post("/ask", json={"question": "How often does Stromboli erupt?"}).json()
+    cited = answer["citations"][0]
+    assert cited["doc_id"] == "talk.pptx" and cited["page"] == 2
+    assert cited["text"].startswith("Stromboli") and "lighthouse" in cited["text"]
