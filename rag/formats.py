@@ -273,7 +273,10 @@ def _docx_blocks(container: Any, parent: Any) -> Iterator[str]:
             yield _table_block(_docx_rows(Table(child, parent)))
         elif child.tag == qn("w:sdt"):
             content = child.find(qn("w:sdtContent"))
-            if content is not None:
+            # A table of contents is a content control too: it only repeats the headings (with page numbers).
+            gallery = child.find(f"{qn('w:sdtPr')}/{qn('w:docPartObj')}/{qn('w:docPartGallery')}")
+            is_toc = gallery is not None and "contents" in (gallery.get(qn("w:val")) or "").lower()
+            if content is not None and not is_toc:
                 yield from _docx_blocks(content, parent)
         elif child.tag in (qn("w:ins"), qn("w:customXml")):
             yield from _docx_blocks(child, parent)
@@ -317,9 +320,16 @@ def _shape_blocks(shape: Any) -> Iterator[str]:
 _OFFICE = "urn:oasis:names:tc:opendocument:xmlns:office:1.0"
 _TEXT = "urn:oasis:names:tc:opendocument:xmlns:text:1.0"
 _TABLE = "urn:oasis:names:tc:opendocument:xmlns:table:1.0"
-# Inside a paragraph: notes and comments would land mid-sentence; change-tracking holds deleted text.
+# Notes and comments would land mid-sentence; change-tracking holds deleted text; a table of contents
+# only repeats the headings.
 _ODT_SKIPPED = frozenset(
-    {f"{{{_TEXT}}}note", f"{{{_OFFICE}}}annotation", f"{{{_TEXT}}}tracked-changes", f"{{{_TEXT}}}sequence-decls"}
+    {
+        f"{{{_TEXT}}}note",
+        f"{{{_OFFICE}}}annotation",
+        f"{{{_TEXT}}}tracked-changes",
+        f"{{{_TEXT}}}sequence-decls",
+        f"{{{_TEXT}}}table-of-content",
+    }
 )
 _CELL = f"{{{_TABLE}}}table-cell"
 _ROW_GROUPS = frozenset(f"{{{_TABLE}}}{name}" for name in ("table-header-rows", "table-rows", "table-row-group"))

@@ -433,3 +433,55 @@ def test_an_uploaded_deck_is_cited_by_slide_over_http(tmp_path: Path) -> None:
     cited = answer["citations"][0]
     assert cited["doc_id"] == "talk.pptx" and cited["page"] == 2
     assert cited["text"].startswith("Stromboli") and "lighthouse" in cited["text"]
+
+
+def test_an_odt_written_by_odfpy_is_read() -> None:
+    from odf.opendocument import OpenDocumentText
+    from odf.table import Table, TableCell, TableColumn, TableRow
+    from odf.text import H, List, ListItem, P, Span
+
+    document = OpenDocumentText()
+    document.text.addElement(H(outlinelevel=1, text="Etna"))
+    paragraph = P(text="Tallest active volcano ")
+    paragraph.addElement(Span(text="in Europe."))
+    document.text.addElement(paragraph)
+    table = Table(name="Heights")
+    table.addElement(TableColumn(numbercolumnsrepeated=2))
+    for cells in (["town", "height"], ["Enna", "931 m"]):
+        row = TableRow()
+        for text in cells:
+            cell = TableCell()
+            cell.addElement(P(text=text))
+            row.addElement(cell)
+        table.addElement(row)
+    document.text.addElement(table)
+    items = List()
+    item = ListItem()
+    item.addElement(P(text="Erupted in 2021."))
+    items.addElement(item)
+    document.text.addElement(items)
+    out = io.BytesIO()
+    document.save(out)
+    doc = load_bytes("etna.odt", out.getvalue())
+    assert doc.text == "Etna\n\nTallest active volcano in Europe.\n\ntown | height\nEnna | 931 m\n\nErupted in 2021."
+
+
+def test_a_table_of_contents_is_not_read_twice() -> None:
+    import docx
+    from docx.oxml import parse_xml
+    from docx.oxml.ns import nsdecls
+
+    document = docx.Document()
+    document.add_heading("Etna", 1)
+    document.add_paragraph("Body.")
+    document.element.body[0].addprevious(
+        parse_xml(
+            f'<w:sdt {nsdecls("w")}><w:sdtPr><w:docPartObj><w:docPartGallery w:val="Table of Contents"/>'
+            "</w:docPartObj></w:sdtPr><w:sdtContent><w:p><w:r><w:t>Etna 1</w:t></w:r></w:p></w:sdtContent></w:sdt>"
+        )
+    )
+    out = io.BytesIO()
+    document.save(out)
+    assert load_bytes("toc.docx", out.getvalue()).text == "Etna\n\nBody."
+    toc = "<text:table-of-content><text:index-body><text:p>Etna 1</text:p></text:index-body></text:table-of-content>"
+    assert load_bytes("toc.odt", odt_file(toc + "<text:h>Etna</text:h><text:p>Body.</text:p>")).text == "Etna\n\nBody."
