@@ -109,30 +109,3 @@ def test_a_bad_setting_is_one_error_line(monkeypatch: pytest.MonkeyPatch, capsys
     assert code == 2 and out == ""
     assert err.strip().count("\n") == 0
     assert err.startswith("error: bad setting: RAG_REFUSE_AT: Input should be less than or equal to 1")
-
-
-def test_office_files_ingest_with_one_warning_per_bad_file_and_citations_name_the_slide(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from rag.pipeline import Pipeline
-    from rag.settings import Settings
-    from tests.fakes import FakeGenerator
-    from tests.office_files import pptx_file, zip_bomb
-
-    corpus, index = tmp_path / "corpus", tmp_path / "index"
-    corpus.mkdir()
-    (corpus / "talk.pptx").write_bytes(
-        pptx_file([("Intro", "Sicily", ""), ("Stromboli", "Stromboli erupts hourly", "")])
-    )
-    (corpus / "bomb.docx").write_bytes(zip_bomb(80 << 20))
-    (corpus / "broken.odt").write_bytes(b"PK\x03\x04 not really")
-    code, out, err = run(capsys, "ingest", str(corpus), "--index", str(index))
-    assert code == 0 and "Traceback" not in out + err
-    warned = [line for line in (out + err).splitlines() if "Skipped" in line]
-    assert len(warned) == 2 and "bomb.docx" in warned[0] + warned[1] and "broken.odt" in warned[0] + warned[1]
-
-    settings = Settings(corpus_dir=corpus, index_dir=index)
-    pipeline = Pipeline(settings, FakeEmbedder(), FakeGenerator(lambda m: "Stromboli erupts hourly [1]."))
-    monkeypatch.setattr("rag.pipeline.build_pipeline", lambda settings: pipeline)
-    code, out, _ = run(capsys, "ask", "How often does Stromboli erupt?", "--index", str(index))
-    assert code == 0 and "[1] talk.pptx slide 2 chars" in out

@@ -485,3 +485,29 @@ def test_a_table_of_contents_is_not_read_twice() -> None:
     assert load_bytes("toc.docx", out.getvalue()).text == "Etna\n\nBody."
     toc = "<text:table-of-content><text:index-body><text:p>Etna 1</text:p></text:index-body></text:table-of-content>"
     assert load_bytes("toc.odt", odt_file(toc + "<text:h>Etna</text:h><text:p>Body.</text:p>")).text == "Etna\n\nBody."
+
+
+def test_rag_ingest_warns_once_per_bad_office_file_and_rag_ask_names_the_slide(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag import cli
+
+    monkeypatch.setattr("rag.embedding.load_embedder", lambda settings: FakeEmbedder())
+    corpus, index = tmp_path / "corpus", tmp_path / "index"
+    corpus.mkdir()
+    deck = pptx_file([("Intro", "Sicily", ""), ("Stromboli", "Stromboli erupts hourly", "")])
+    (corpus / "talk.pptx").write_bytes(deck)
+    (corpus / "bomb.docx").write_bytes(zip_bomb(80 << 20))
+    (corpus / "broken.odt").write_bytes(b"PK\x03\x04 not really")
+    code = cli.main(["ingest", str(corpus), "--index", str(index)])
+    out, err = capsys.readouterr()
+    assert code == 0 and "Traceback" not in out + err
+    warned = [line for line in (out + err).splitlines() if "Skipped" in line]
+    assert len(warned) == 2 and "bomb.docx" in warned[0] + warned[1] and "broken.odt" in warned[0] + warned[1]
+
+    settings = Settings(corpus_dir=corpus, index_dir=index)
+    pipeline = Pipeline(settings, FakeEmbedder(), FakeGenerator(lambda m: "Stromboli erupts hourly [1]."))
+    monkeypatch.setattr("rag.pipeline.build_pipeline", lambda settings: pipeline)
+    code = cli.main(["ask", "How often does Stromboli erupt?", "--index", str(index)])
+    out, _ = capsys.readouterr()
+    assert code == 0 and "[1] talk.pptx slide 2 chars" in out
