@@ -83,7 +83,7 @@ def _shown(name: str) -> str:
 def is_supported(filename: str) -> bool:
     """Whether the loaders read this kind of file (by suffix, any case).
 
-    >>> is_supported("a.PDF"), is_supported("a.docx")
+    >>> is_supported("a.PDF"), is_supported("a.xlsx")
     (True, False)
     """
     return filename.lower().endswith(tuple(SUPPORTED_SUFFIXES))

@@ -23,6 +23,7 @@ from typing import Any
 from langchain_text_splitters import RecursiveCharacterTextSplitter
 
 from rag.errors import InputError
+from rag.formats import is_slides
 from rag.types import Chunk, Document
 
 # Sentence ends keep their punctuation (keep_separator="end"), so a passage
@@ -61,11 +62,18 @@ def chunk_document(
         length_function=count_tokens,
         strip_whitespace=True,
     )
+    # A slide stands alone (its bullets belong to it), so a passage never spans two slides and
+    # its slide number holds for every word; a PDF's page break falls mid-paragraph, so pages merge.
+    if is_slides(doc.id) and doc.page_starts:
+        regions = list(zip(doc.page_starts, [*doc.page_starts[1:], len(doc.text)], strict=True))
+    else:
+        regions = [(0, len(doc.text))]
     spans: list[tuple[int, int]] = []
-    for start, end in splitter.split_spans(doc.text):
-        spans.extend(_enforce_limit(doc.text, start, end, count_tokens, chunk_tokens))
-    spans = _drop_contained(spans)
-    spans = _absorb_fragments(doc.text, spans, count_tokens, chunk_tokens)
+    for first, last in regions:
+        region: list[tuple[int, int]] = []
+        for start, end in splitter.split_spans(doc.text[first:last]):
+            region.extend(_enforce_limit(doc.text, first + start, first + end, count_tokens, chunk_tokens))
+        spans.extend(_absorb_fragments(doc.text, _drop_contained(region), count_tokens, chunk_tokens))
 
     prefix = f"{doc.id}#{doc.sha256[:8]}-"
     return [

@@ -19,6 +19,7 @@ from typing import TextIO
 from pydantic import ValidationError
 
 from rag.errors import InputError, RagError
+from rag.formats import page_label
 from rag.settings import Settings
 from rag.types import QAPipeline
 
@@ -146,7 +147,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if answer.citations:
         print("\nSources:")
         for c in answer.citations:
-            page = f" p.{c.page}" if c.page is not None else ""
+            page = f" {page_label(c.doc_id, c.page)}" if c.page is not None else ""
             snippet = " ".join(c.text.split())[:140]
             print(f"  [{c.marker}] {c.doc_id}{page} chars {c.start}-{c.end}: {snippet}")
     return 0

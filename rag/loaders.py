@@ -1,7 +1,9 @@
 """Loading stage: files on disk (or uploaded bytes) -> ``Document``.
 
 Supported: ``.txt`` and ``.md`` (plain UTF-8 text), ``.html``/``.htm`` (visible
-text only) and ``.pdf`` (text layer, one page after another). A file that
+text only), ``.pdf`` (text layer, one page after another), and through
+``rag.formats`` ``.docx``, ``.odt``, ``.pptx`` (slides numbered like pages) and
+``.csv``/``.tsv`` (rows grouped under a repeated header line). A file that
 cannot be read becomes a warning naming the file and the reason; one bad file
 never stops an ingest of a thousand good ones.
 
@@ -18,6 +20,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
+from rag import formats
 from rag.errors import InputError
 from rag.types import Document
 
@@ -26,8 +29,8 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = frozenset({".txt", ".md"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
 PDF_SUFFIXES = frozenset({".pdf"})
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES
-SUPPORTED_HUMAN = ".txt, .md, .html or .pdf"
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES | formats.OFFICE_SUFFIXES | formats.TABLE_SUFFIXES
+SUPPORTED_HUMAN = ".txt, .md, .html, .pdf, .docx, .odt, .pptx, .csv or .tsv"
 
 # Tags whose content a browser never shows as text.
 _INVISIBLE_TAGS = ("script", "style", "noscript", "template", "head")
@@ -176,6 +179,14 @@ def _parse(doc_id: str, path: str, data: bytes) -> Document:
         text = html_to_text(_decode(doc_id, data))
     elif suffix in PDF_SUFFIXES:
         text, page_starts = _pdf_text(doc_id, data)
+    elif suffix in formats.DOCX_SUFFIXES:
+        text = formats.docx_text(doc_id, data)
+    elif suffix in formats.PPTX_SUFFIXES:
+        text, page_starts = formats.pptx_text(doc_id, data)
+    elif suffix in formats.ODT_SUFFIXES:
+        text = formats.odt_text(doc_id, data)
+    elif suffix in formats.TABLE_SUFFIXES:
+        text = formats.table_text(doc_id, _normalize_newlines(_decode(doc_id, data)), suffix)
     else:
         raise InputError(f"Skipped {doc_id}: unsupported file type; use {SUPPORTED_HUMAN}.")
     if not text.strip():

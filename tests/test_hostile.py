@@ -32,6 +32,16 @@ from rag.settings import Settings
 from tests import fault_procs
 from tests.api_fakes import FakePipeline
 from tests.fakes import FakeEmbedder, FakeGenerator
+from tests.office_files import (
+    BILLION_LAUGHS,
+    MANIFEST,
+    docx_file,
+    odt_body,
+    odt_file,
+    pptx_file,
+    replace_part,
+    zip_bomb,
+)
 
 LIMIT = 400_000  # RAG_MAX_UPLOAD_BYTES for these tests: room for a deeply nested page, cheap to exceed
 SEED = "Mount Etna is the tallest active volcano in Europe. It stands on the east coast of Sicily.\n"
@@ -105,6 +115,11 @@ def file(name: str, content: bytes) -> dict[str, Any]:
 
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
+DOCX = docx_file(["Etna erupted again."])
+PPTX = pptx_file([("Etna", "It erupted again.", "")])
+OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(1024)  # how Office stores a password-protected file
+DEEP_SPANS = "<text:span>" * 100_000 + "deep text" + "</text:span>" * 100_000
+ENCRYPTED_ODT = MANIFEST.replace("</manifest:manifest>", "<manifest:encryption-data/></manifest:manifest>")
 
 # (id, request keyword arguments for POST /documents, status, what the message must say)
 HOSTILE_UPLOADS: list[tuple[str, dict[str, Any], int, str]] = [
@@ -121,6 +136,27 @@ HOSTILE_UPLOADS: list[tuple[str, dict[str, Any], int, str]] = [
     ("pdf-without-text", file("scan.pdf", pdf()), 400, "no text.*OCR"),
     ("pdf-encrypted", file("locked.pdf", pdf(encrypt=True)), 400, "password"),
     ("html-named-pdf", file("page.pdf", b"<html><p>hi</p></html>"), 400, "not a readable PDF"),
+    # office packages and tables
+    ("docx-garbage", file("a.docx", PNG), 400, r"not a readable Word \(\.docx\) file"),
+    ("docx-truncated", file("cut.docx", DOCX[: len(DOCX) // 2]), 400, "not a readable Word"),
+    ("docx-encrypted", file("locked.docx", OLE), 400, "password-protected"),
+    ("docx-zip-bomb", file("bomb.docx", zip_bomb(80 << 20)), 400, "inflate to 83,886,.* bytes.*zip bomb"),
+    (
+        "docx-dtd",
+        file("lol.docx", replace_part(DOCX, "word/document.xml", BILLION_LAUGHS + b"<w:document/>")),
+        400,
+        "DTD",
+    ),
+    ("docx-empty", file("blank.docx", docx_file([""])), 400, "no text"),
+    ("pptx-garbage", file("deck.pptx", b"PK\x03\x04" + bytes(300)), 400, "not a readable PowerPoint"),
+    ("pptx-encrypted", file("deck.pptx", OLE), 400, "password-protected"),
+    ("pptx-named-docx", file("deck.docx", PPTX), 400, "not a readable Word"),
+    ("odt-dtd", file("lol.odt", odt_file(odt_body(["x"]), prolog=BILLION_LAUGHS.decode()[22:])), 400, "DTD"),
+    ("odt-encrypted", file("secret.odt", odt_file(odt_body(["x"]), manifest=ENCRYPTED_ODT)), 400, "password"),
+    ("odt-bad-xml", file("bad.odt", odt_file("<text:p>unclosed")), 400, "not a readable OpenDocument"),
+    ("csv-huge-field", file("big.csv", b"a,b\n1," + b"y" * 200_000), 400, "field larger than field limit"),
+    ("csv-latin1", file("t.csv", "ville,café\n".encode("latin-1")), 400, "not valid UTF-8"),
+    ("tsv-binary", file("t.tsv", PNG), 400, "not a text file"),
     ("executable", file("tool.exe", b"MZ\x90\x00" + bytes(64)), 415, r"not a supported type.*\.txt"),
     # size
     ("one-byte-too-large", file("big.txt", b"a" * (LIMIT + 1)), 413, "larger than 400,000 bytes"),
@@ -172,6 +208,12 @@ ACCEPTED_UPLOADS: list[tuple[str, str, bytes, str]] = [
     ("folder-path-of-old-browsers", "C:\\Users\\me\\report.txt", b"Report text.", "report.txt"),
     ("rtl-and-zero-width-in-text", "bidi.txt", "abc \u202edef\u202c g\u200bh".encode(), "bidi.txt"),
     ("html-nested-20000-deep-with-text", "deep.html", b"<table><tr><td>" * 20_000 + b"deep text", "deep.html"),
+    ("docx", "report.docx", DOCX, "report.docx"),
+    ("pptx", "deck.pptx", PPTX, "deck.pptx"),
+    ("odt", "essay.odt", odt_file(odt_body(["Etna erupted again."])), "essay.odt"),
+    ("csv", "towns.csv", b"town,height\r\nEnna,931\r\n", "towns.csv"),
+    ("odt-nested-100000-deep-with-text", "deep.odt", odt_file(f"<text:p>{DEEP_SPANS}</text:p>"), "deep.odt"),
+    ("tsv", "peaks.tsv", b"peak\tmetres\nEtna\t3357\n", "peaks.tsv"),
 ]
 
 
@@ -192,7 +234,7 @@ def test_edge_case_upload_is_accepted_and_touches_only_its_own_file(
     # Only the new file and the index's new version; nothing anywhere else.
     assert all(Path(p) == Path("srv/data/corpus") / stored or index_dir in Path(p).parents for p in changed), changed
     assert {d["doc_id"] for d in service.client.get("/documents").json()} == {"etna.md", stored}
-    if name.endswith(".html"):
+    if name.startswith("deep."):
         assert service.client.post("/search", json={"query": "deep text"}).json()["hits"][0]["text"] == "deep text"
 
 

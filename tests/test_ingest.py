@@ -201,7 +201,7 @@ def test_bad_corpus_raises_input_error_and_writes_nothing(tmp_path: Path, settin
     if case != "missing":
         root.mkdir()
     if case == "only-unsupported":
-        (root / "a.docx").write_bytes(b"PK")
+        (root / "a.xlsx").write_bytes(b"PK")
     if case == "only-unreadable":
         (root / "a.txt").write_bytes(b"\x00\x01")
     index_dir = tmp_path / "idx"

@@ -108,11 +108,11 @@ def test_unsupported_files_get_one_warning_with_count_and_names(tmp_path: Path) 
     write(tmp_path, "keep.txt", "text")
     for i in range(7):
         write(tmp_path, f"img{i}.png", b"\x89PNG")
-    write(tmp_path, "notes.docx", b"PK")
+    write(tmp_path, "notes.xlsx", b"PK")
     docs, warnings = load_corpus(tmp_path)
     assert [d.id for d in docs] == ["keep.txt"]
     assert len(warnings) == 1
-    assert "8 file(s)" in warnings[0] and ".docx" in warnings[0] and ".png" in warnings[0]
+    assert "8 file(s)" in warnings[0] and ".xlsx" in warnings[0] and ".png" in warnings[0]
     assert "img0.png" in warnings[0] and "3 more" in warnings[0]
 
 

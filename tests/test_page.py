@@ -218,7 +218,7 @@ def test_upload_lists_the_document_and_answers_from_it(page: Page, site: Site) -
     expect(page.locator("#passage-doc")).to_contain_text("octopus.txt")
 
     page.get_by_label("Add a document").set_input_files(
-        files=[FilePayload(name="slides.pptx", mimeType="application/octet-stream", buffer=b"x")]
+        files=[FilePayload(name="slides.key", mimeType="application/octet-stream", buffer=b"x")]
     )
     page.get_by_role("button", name="Upload").click()
     expect(page.locator("#upload-status")).to_contain_text("not a supported type")

@@ -364,7 +364,10 @@ function renderAnswer(reply, answer) {
 
 function position(citation) {
   let text = "chars " + citation.start + "–" + citation.end;
-  if (citation.page !== null && citation.page !== undefined) text += ", page " + citation.page;
+  if (citation.page !== null && citation.page !== undefined) {
+    // A presentation's pages are its slides (rag/formats.py page_label says the same).
+    text += (/\.pptx$/i.test(citation.doc_id) ? ", slide " : ", page ") + citation.page;
+  }
   return text;
 }
 
