@@ -2,6 +2,9 @@
 
 Built once with its heavy parts injected (embedder, generator, index); every
 caller goes through these methods, so the eval measures exactly what users get.
+Each stage lives in its own module; this one composes them, and also holds the
+document operations of the ``QAPipeline`` protocol (they swap the index the
+stages read), which is why it runs a little over 400 lines.
 
     question -> (rewrite follow-up) -> retrieve (dense + BM25, fused) -> refusal gate
              -> generate (streamed) -> verify each sentence against its passages -> Answer
