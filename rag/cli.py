@@ -178,6 +178,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         limit=args.limit,
         retrieval_only=args.retrieval_only,
         index=args.index,
+        baseline=args.baseline,
     )
     return run_eval(options, _settings(args))
 
@@ -249,6 +250,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="only the questions of this split (e.g. tune, heldout)")
     p.add_argument("--limit", type=int, default=None, help="only the first N questions (after --split)")
     p.add_argument("--retrieval-only", action="store_true", help="skip answer generation")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also answer every question with a plain RAG prompt and report it beside (about 3x the time)",
+    )
 
     p = add("bench", cmd_bench, "Measure speed on this machine (ingest, retrieval at scale, answers).")
     p.add_argument("--json", action="store_true")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -538,3 +539,52 @@ def test_thresholds_comments_are_ignored(tmp_path: Path) -> None:
     path = tmp_path / "t.json"
     path.write_text('{"_note": "why", "min": {"mrr": 0.5}, "max": {"latency_p95_s": 9}}', encoding="utf-8")
     assert load_thresholds(path) == Thresholds(min={"mrr": 0.5}, max={"latency_p95_s": 9.0})
+
+
+def test_baseline_answers_the_same_questions_with_a_plain_prompt(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--baseline: the raw reply of one plain prompt, beside the pipeline, which verifies and refuses."""
+    from rag.ingest import ingest
+    from rag.pipeline import build_pipeline
+    from rag.prompting import REWRITE_SYSTEM
+    from tests.fakes import FakeEmbedder, FakeGenerator
+
+    prompts: list[list[dict[str, str]]] = []
+
+    def reply(messages: Sequence[dict[str, str]]) -> str:
+        if messages[0]["content"] == REWRITE_SYSTEM:
+            return messages[-1]["content"].split("Last question:")[1].split("\n")[0]
+        prompts.append(list(messages))
+        return "The war was won by Zorbaville [1]."  # invented: no passage says so
+
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / DOC_ID).write_text(DOC, encoding="utf-8")
+    write_gold(tmp_path / "gold.jsonl", GOLD)
+    (tmp_path / "t.json").write_text('{"min": {"recall@5": 0}}', encoding="utf-8")
+    settings = Settings(corpus_dir=corpus, index_dir=tmp_path / "index", chunk_tokens=24, chunk_overlap=4, top_k=2)
+    embedder = FakeEmbedder()
+
+    def make_pipeline(s: Settings, retrieval_only: bool) -> QAPipeline:
+        ingest(s.corpus_dir, s.index_dir, embedder, s, progress=False)
+        return build_pipeline(s, embedder=embedder, generator=FakeGenerator(reply))
+
+    options = EvalOptions(
+        gold=tmp_path / "gold.jsonl", thresholds=tmp_path / "t.json", out=tmp_path / "out", baseline=True
+    )
+    assert run_eval(options, settings, make_pipeline=make_pipeline) == 0
+    report = json.loads((tmp_path / "out" / "report.json").read_text(encoding="utf-8"))
+    ours, plain = report["metrics"], report["baseline"]["metrics"]
+    # The pipeline's verifier drops the invented sentence: every question refused. The plain
+    # prompt says it: the unanswerable question is "answered" (a hallucination), no refusal.
+    assert ours["refusal_recall"] == 1.0 and ours["hallucination_rate"] == 0.0
+    assert plain["refusal_recall"] == 0.0 and plain["hallucination_rate"] == 1.0
+    assert plain["false_refusal_rate"] == 0.0 and set(report["baseline"]["correct"]) == {"q1", "q2", "q3", "q4"}
+    # The baseline's prompts hold the top-k passages whole, in one message.
+    plain_prompts = prompts[len(prompts) // 2 :]
+    assert all(m[-2]["content"].startswith("Passages:\n[1] ") for m in plain_prompts)
+    out = capsys.readouterr().out
+    assert "against a plain RAG prompt" in out and "hallucination_rate" in out.split("against a plain RAG prompt")[1]
+    with pytest.raises(InputError, match="--baseline"):
+        run_eval(dataclasses.replace(options, retrieval_only=True), settings, make_pipeline=make_pipeline)

@@ -175,3 +175,26 @@ def print_summary(metrics: Mapping[str, Any], thresholds: Thresholds, failures: 
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for row in rows:
         print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
+
+
+BASELINE_FIGURES = (
+    "answer_accuracy",
+    "answer_f1",
+    "citation_precision",
+    "citation_recall",
+    "refusal_recall",
+    "false_refusal_rate",
+    "hallucination_rate",
+    "latency_p50_s",
+    "latency_p95_s",
+)
+
+
+def print_baseline(metrics: Mapping[str, Any], baseline: Mapping[str, Any]) -> None:
+    """The pipeline's answer figures beside the plain RAG prompt's, on the same questions."""
+    print("\nagainst a plain RAG prompt (same retrieval and model, same questions):")
+    rows = [("metric", "pipeline", "plain RAG")]
+    rows += [(name, _fmt(metrics.get(name)), _fmt(baseline.get(name))) for name in BASELINE_FIGURES]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())

@@ -14,7 +14,7 @@ from typing import Any
 from rag.errors import InputError
 from rag.evaluation.gold import GoldItem, load_gold
 from rag.evaluation.metrics import compute_metrics
-from rag.evaluation.report import build_report, print_summary, write_report
+from rag.evaluation.report import build_report, print_baseline, print_summary, write_report
 from rag.evaluation.scoring import QuestionResult, find_evidence, score_question
 from rag.evaluation.thresholds import check_thresholds, load_thresholds
 from rag.settings import Settings
@@ -54,6 +54,16 @@ def evaluate(
 
 
 PipelineFactory = Callable[[Settings, bool], QAPipeline]
+BaselineFactory = Callable[[QAPipeline], QAPipeline]
+
+
+def _plain_rag(pipeline: QAPipeline) -> QAPipeline:
+    from rag.evaluation.baseline import PlainRag
+    from rag.pipeline import Pipeline
+
+    if not isinstance(pipeline, Pipeline):
+        raise InputError("--baseline needs the real pipeline")
+    return PlainRag(pipeline)
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,8 @@ class EvalOptions:
     retrieval_only: bool = False
     #: The --index given on the command line, if any (then a non-default corpus uses it too).
     index: Path | None = None
+    #: Also answer every question with a plain RAG prompt (``rag.evaluation.baseline``), reported beside.
+    baseline: bool = False
 
 
 def _prepare_pipeline(settings: Settings, retrieval_only: bool) -> QAPipeline:
@@ -117,13 +129,22 @@ def _document_texts(corpus: Path, items: Sequence[GoldItem]) -> dict[str, str]:
     return texts
 
 
-def run_eval(options: EvalOptions, settings: Settings, *, make_pipeline: PipelineFactory | None = None) -> int:
+def run_eval(
+    options: EvalOptions,
+    settings: Settings,
+    *,
+    make_pipeline: PipelineFactory | None = None,
+    make_baseline: BaselineFactory | None = None,
+) -> int:
     """``rag eval``: 0 when every threshold holds, 1 when one fails (the reason is printed).
 
-    ``make_pipeline(settings, retrieval_only)`` is injectable for tests; the
-    default updates the index and builds the real pipeline.
+    ``make_pipeline(settings, retrieval_only)`` and ``make_baseline(pipeline)`` are
+    injectable for tests; the defaults update the index and build the real pipeline,
+    and the plain RAG prompt over it.
     """
     retrieval_only = options.retrieval_only
+    if options.baseline and retrieval_only:
+        raise InputError("--baseline compares answers; it cannot run with --retrieval-only.")
     items = load_gold(options.gold)
     if options.split is not None:
         items = [i for i in items if i.split == options.split]
@@ -147,6 +168,18 @@ def run_eval(options: EvalOptions, settings: Settings, *, make_pipeline: Pipelin
     results = evaluate(pipeline, items, doc_texts, k=k, retrieval_only=retrieval_only)
     metrics = compute_metrics(results, k, retrieval_only=retrieval_only)
     failures, unchecked = check_thresholds(metrics, thresholds, retrieval_only=retrieval_only)
+    baseline: dict[str, Any] | None = None
+    if options.baseline:
+        # Same questions, same retrieval and model, one plain prompt: the figures the pipeline is held against.
+        t_base = time.perf_counter()
+        plain = (make_baseline or _plain_rag)(pipeline)
+        base_results = evaluate(plain, items, doc_texts, k=k)
+        baseline = {
+            "what": "plain RAG prompt: same retrieval and model, whole top-k passages, no gate, no verification",
+            "metrics": compute_metrics(base_results, k, retrieval_only=False),
+            "seconds": round(time.perf_counter() - t_base, 2),
+            "correct": {r.item.id: bool(r.correct) for r in base_results},
+        }
 
     info: Any = None
     info_fn = getattr(pipeline, "info", None)
@@ -161,6 +194,7 @@ def run_eval(options: EvalOptions, settings: Settings, *, make_pipeline: Pipelin
         "retrieve_depth": max(5, k),
         "seconds": round(time.perf_counter() - started, 2),
         "pipeline_info": info,
+        **({"baseline": baseline} if baseline is not None else {}),
     }
     report = build_report(
         results,
@@ -175,6 +209,8 @@ def run_eval(options: EvalOptions, settings: Settings, *, make_pipeline: Pipelin
     json_path, md_path = write_report(report, thresholds, Path(options.out))
 
     print_summary(metrics, thresholds, failures)
+    if baseline is not None:
+        print_baseline(metrics, baseline["metrics"])
     print(f"\nreport: {json_path} and {md_path} ({extra['seconds']} s)")
     for line in unchecked:
         print(f"unchecked: {line}")
