@@ -176,6 +176,50 @@ def bench_answers(settings: Settings, pipeline: Any, questions: list[str]) -> di
     return out
 
 
+def bench_states(pipeline: Any, questions: list[str]) -> dict[str, float]:
+    """Passage states: the same questions with none kept (cold), then again with all kept (warm).
+
+    The cold pass runs on a fresh in-memory store (nothing on disk is read), so it is
+    what a large corpus pays for a passage asked about the first time; the warm pass
+    is what every later question on those passages pays.
+    """
+    from rag.states import StateStore
+
+    gen = pipeline.generator
+    kept = getattr(gen, "states", None)  # llama.cpp only: other backends keep no states
+    if kept is None or not questions:
+        return {}
+    fresh = StateStore(kept.model_id, None, disk_bytes=0, memory_bytes=kept.memory_bytes)
+    gen.states = fresh
+    try:
+        passes: dict[str, list[float]] = {"cold": [], "warm": []}
+        hits0 = misses0 = 0
+        restore0 = 0.0
+        for name in ("cold", "warm"):
+            if name == "warm":
+                hits0, misses0, restore0 = fresh.stats.memory_hits, fresh.stats.misses, fresh.stats.restore_s
+            for q in questions:
+                t = time.perf_counter()
+                first = None
+                for piece in pipeline.ask_stream(q):  # read to the end: the model is not left mid-answer
+                    if first is None and isinstance(piece, str):
+                        first = time.perf_counter() - t
+                if first is not None:
+                    passes[name].append(first)
+        hits = fresh.stats.memory_hits - hits0
+        misses = fresh.stats.misses - misses0
+        count, size = fresh.memory_usage()
+        return {
+            "ttft_cold_s_p50": _p(passes["cold"], 50),
+            "ttft_warm_s_p50": _p(passes["warm"], 50),
+            "state_hit_rate_warm": hits / (hits + misses) if hits + misses else float("nan"),
+            "state_mb_per_passage": size / count / 1e6 if count else float("nan"),
+            "state_restore_ms_mean": (fresh.stats.restore_s - restore0) / hits * 1000 if hits else float("nan"),
+        }
+    finally:
+        gen.states = kept
+
+
 def run_bench(
     settings: Settings, *, passages: int, sizes: list[int], questions: int, backends: bool = False
 ) -> dict[str, float]:
@@ -198,6 +242,7 @@ def run_bench(
         pipeline = build_pipeline(settings, embedder=embedder)
         gold = [g for g in load_gold(Path("eval/gold.jsonl")) if not g.history][:questions]
         figures.update(bench_answers(settings, pipeline, [g.question for g in gold]))
+        figures.update(bench_states(pipeline, [g.question for g in gold]))
     figures["rss_peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return figures
 

@@ -122,6 +122,11 @@ class StateStore:
             self._memory.clear()
             self._memory_used = 0
 
+    def memory_usage(self) -> tuple[int, int]:
+        """(states, bytes) held in memory."""
+        with self._lock:
+            return len(self._memory), self._memory_used
+
     def disk_usage(self) -> tuple[int, int]:
         """(files, bytes) of the states on disk."""
         files = self._files()
