@@ -7,7 +7,9 @@ document operations of the ``QAPipeline`` protocol (they swap the index the
 stages read), which is why it runs a little over 400 lines.
 
     question -> (rewrite follow-up) -> retrieve (dense + BM25, fused) -> refusal gate
-             -> generate (streamed) -> verify each sentence against its passages -> Answer
+             -> read each passage alone (kept states) -> none sure? read their best sentences together
+             -> decide (answer from what holds it, or refuse) -> draft, streaming each verified sentence
+             -> Answer
 """
 
 from __future__ import annotations
