@@ -70,6 +70,7 @@ class Pipeline:
         self._rewrites: OrderedDict[tuple[str, tuple[tuple[str, str], ...]], str] = OrderedDict()
         self._rewrites_lock = threading.Lock()
         self._warm_cursor = 0  # next chunk for warm_next (an index swap starts over)
+        self._warmed = 0  # passages warm_next has read since then
         self._retriever = Retriever(
             load_index(settings.index_dir, embedder.id),
             embedder,
@@ -277,12 +278,13 @@ class Pipeline:
     def warm_next(self) -> bool:
         """Have the model read the next passage (in index order) whose state is not kept yet.
 
-        Returns False once every passage is kept (or without a generator). The service calls
-        it while idle and ``rag ingest --warm`` until done: later questions on those passages
+        Returns False once every passage is kept, after RAG_WARM_PASSAGES reads since the last
+        index swap, or without a generator. The service calls it while idle and
+        ``rag ingest --warm`` until done: later questions on those passages
         then cost only their own tokens. One call reads at most one passage (a few seconds
         cold), so a question that arrives meanwhile waits at most that long.
         """
-        if self.generator is None:
+        if self.generator is None or self._warmed >= self.settings.warm_passages:
             return False
         chunks = self._retriever.index.chunks
         while self._warm_cursor < len(chunks):
@@ -290,6 +292,7 @@ class Pipeline:
             self._warm_cursor += 1
             for hit in readable("", [Hit(chunk, 0.0)]):
                 if not self.generator.keep_state(reading_messages([hit])):
+                    self._warmed += 1
                     return True
         return False
 
@@ -380,6 +383,7 @@ class Pipeline:
             index, self.embedder, candidates=self.settings.candidates, rrf_k=self.settings.rrf_k
         )
         self._warm_cursor = 0  # new or changed chunks may sit anywhere in the new index
+        self._warmed = 0
 
     def info(self) -> dict[str, object]:
         index = self._retriever.index

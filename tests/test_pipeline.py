@@ -282,3 +282,16 @@ def test_warming_reads_each_passage_once_then_stops(settings: Settings) -> None:
     answer = pipeline.ask(question)
     assert len(gen.read) == pinned + steps + len(merged)
     assert answer.timings["passages_warm"] == settings.top_k - len(merged)
+
+
+def test_warming_stops_at_its_budget_and_starts_over_after_an_upload(settings: Settings, tmp_path: Path) -> None:
+    corpus = tmp_path / "corpus"
+    shutil.copytree(settings.corpus_dir, corpus)
+    s = settings.model_copy(update={"corpus_dir": corpus, "index_dir": tmp_path / "index", "warm_passages": 3})
+    ingest(corpus, s.index_dir, FakeEmbedder(), s, progress=False)
+    gen = ScoringFakeGenerator(lambda m: "NOT FOUND", 0.9)
+    pipeline = Pipeline(s, FakeEmbedder(), gen)
+    assert len(pipeline._retriever.index.chunks) > 3
+    assert [pipeline.warm_next() for _ in range(5)] == [True, True, True, False, False]
+    pipeline.add_document("notes.md", b"# Notes\n\nThe zebra crossing festival is held in Quito.\n")
+    assert pipeline.warm_next()  # a new index: new passages may need reading, within a fresh budget
