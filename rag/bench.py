@@ -67,6 +67,52 @@ def bench_ingest(settings: Settings, embedder: Any, passages: int) -> dict[str, 
     }
 
 
+def encoder_flops_per_token(config: dict[str, Any], tokens: int) -> float:
+    """FLOPs to encode one token of a ``tokens``-long passage with a BERT-like encoder (its config.json).
+
+    Per layer: the Q, K, V and output projections (4 d^2 multiply-adds), the feed-forward
+    (2 d f), and attention over the passage (2 n d); 2 FLOPs a multiply-add. For
+    all-MiniLM-L6-v2 (d 384, f 1536, 6 layers) at 160 tokens: ~22.7 MFLOP.
+
+    >>> minilm = {"hidden_size": 384, "intermediate_size": 1536, "num_hidden_layers": 6}
+    >>> round(encoder_flops_per_token(minilm, 160) / 1e6, 1)
+    22.7
+    """
+    d, f, layers = config["hidden_size"], config["intermediate_size"], config["num_hidden_layers"]
+    return 2.0 * layers * (4 * d * d + 2 * d * f + 2 * tokens * d)
+
+
+def sgemm_flops(n: int = 1024, rounds: int = 5) -> float:
+    """The machine's fp32 matrix-multiply rate (FLOP/s, numpy's BLAS on its default threads), best of ``rounds``."""
+    import numpy as np
+
+    a = np.random.default_rng(0).standard_normal((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).standard_normal((n, n), dtype=np.float32)
+    a @ b  # warm-up: threads started, pages touched
+    best = min(_timed(lambda: a @ b, rounds))
+    return 2.0 * n**3 / best
+
+
+def bench_roofline(settings: Settings, embedder: Any, passages_per_s: float) -> dict[str, float]:
+    """Ingest's embedding rate against what these cores can compute in fp32 (a roofline ratio)."""
+    import json
+
+    from rag.embedding import resolve_model
+
+    model_dir, _ = resolve_model(settings.embedder_path)
+    config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
+    texts = synthetic_passages(settings, 50)
+    tokens = sum(min(embedder.count_tokens(t) + 2, embedder.max_tokens) for t in texts) / len(texts)
+    needed = encoder_flops_per_token(config, round(tokens)) * tokens * passages_per_s
+    peak = sgemm_flops()
+    return {
+        "ingest_tokens_per_passage": tokens,
+        "ingest_gflops": needed / 1e9,
+        "sgemm_gflops": peak / 1e9,
+        "ingest_roofline_ratio": needed / peak,
+    }
+
+
 def bench_backends(settings: Settings, passages: int, loaded: dict[str, Any], rounds: int = 2) -> dict[str, float]:
     """Ingest speed of every embedding backend on the same passages, interleaved so each round
     sees the same machine load; the best round counts. ``loaded`` maps backend -> embedder to reuse."""
@@ -232,6 +278,7 @@ def run_bench(
     embedder = load_embedder(settings)
     # ingest_passages_per_s is the configured backend's (RAG_EMBED_BACKEND); --backends adds all three.
     figures.update(bench_ingest(settings, embedder, passages))
+    figures.update(bench_roofline(settings, embedder, figures["ingest_passages_per_s"]))
     if backends:
         figures.update(bench_backends(settings, passages, {settings.embed_backend: embedder}))
     qlat = _timed(lambda: embedder.embed(["Which port were the munitions shipped from?"]), 20)
