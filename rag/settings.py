@@ -93,6 +93,11 @@ class Settings(BaseSettings):
     )
     seed: int = 0
 
+    # --- OCR (images and PDF pages without a text layer; needs the tesseract binary)
+    ocr: bool = Field(True, description="Read images and scanned PDF pages with Tesseract (off: skip them).")
+    ocr_languages: str = Field("eng", description="Tesseract languages, e.g. 'eng+deu'.")
+    ocr_timeout_s: float = Field(30.0, gt=0, description="Longest OCR of one page, in seconds, before it is skipped.")
+
     # --- service
     host: str = "127.0.0.1"
     port: int = 8000
