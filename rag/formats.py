@@ -24,6 +24,7 @@ from xml.etree.ElementTree import Element
 from xml.parsers import expat
 
 from rag.errors import InputError
+from rag.ocr import IMAGE_SUFFIXES
 
 DOCX_SUFFIXES = frozenset({".docx"})
 PPTX_SUFFIXES = frozenset({".pptx"})
@@ -51,12 +52,17 @@ def is_slides(doc_id: str) -> bool:
 
 
 def page_label(doc_id: str, page: int) -> str:
-    """How a citation names its page: slides for presentations.
+    """How a citation names its page: slides for presentations, scanned pages for images (read by OCR).
 
-    >>> page_label("deck.pptx", 3), page_label("report.pdf", 3)
-    ('slide 3', 'p.3')
+    >>> page_label("deck.pptx", 3), page_label("report.pdf", 3), page_label("letter.tif", 2)
+    ('slide 3', 'p.3', 'scanned page 2')
     """
-    return f"slide {page}" if is_slides(doc_id) else f"p.{page}"
+    if is_slides(doc_id):
+        return f"slide {page}"
+    # Every page of an image is OCR text, which may misread words: the reader should know.
+    if PurePosixPath(doc_id).suffix.lower() in IMAGE_SUFFIXES:
+        return f"scanned page {page}"
+    return f"p.{page}"
 
 
 def docx_text(doc_id: str, data: bytes) -> str:

@@ -3,7 +3,10 @@
 Supported: ``.txt`` and ``.md`` (plain UTF-8 text), ``.html``/``.htm`` (visible
 text only), ``.pdf`` (text layer, one page after another), and through
 ``rag.formats`` ``.docx``, ``.odt``, ``.pptx`` (slides numbered like pages) and
-``.csv``/``.tsv`` (rows grouped under a repeated header line). A file that
+``.csv``/``.tsv`` (rows grouped under a repeated header line), and through
+``rag.ocr`` images (``.png``, ``.jpg``, ``.tif``: each TIFF frame a page) and PDF
+pages without a text layer, read by Tesseract and listed in
+``Document.scanned_pages`` so citations can say so. A file that
 cannot be read becomes a warning naming the file and the reason; one bad file
 never stops an ingest of a thousand good ones.
 
@@ -20,7 +23,7 @@ import os
 import re
 from pathlib import Path, PurePosixPath
 
-from rag import formats
+from rag import formats, ocr
 from rag.errors import InputError
 from rag.types import Document
 
@@ -29,8 +32,10 @@ log = logging.getLogger(__name__)
 TEXT_SUFFIXES = frozenset({".txt", ".md"})
 HTML_SUFFIXES = frozenset({".html", ".htm"})
 PDF_SUFFIXES = frozenset({".pdf"})
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES | formats.OFFICE_SUFFIXES | formats.TABLE_SUFFIXES
-SUPPORTED_HUMAN = ".txt, .md, .html, .pdf, .docx, .odt, .pptx, .csv or .tsv"
+SUPPORTED_SUFFIXES = (
+    TEXT_SUFFIXES | HTML_SUFFIXES | PDF_SUFFIXES | formats.OFFICE_SUFFIXES | formats.TABLE_SUFFIXES | ocr.IMAGE_SUFFIXES
+)
+SUPPORTED_HUMAN = ".txt, .md, .html, .pdf, .docx, .odt, .pptx, .csv, .tsv, .png, .jpg or .tif"
 
 # Tags whose content a browser never shows as text.
 _INVISIBLE_TAGS = ("script", "style", "noscript", "template", "head")
@@ -173,12 +178,17 @@ def _parse(doc_id: str, path: str, data: bytes) -> Document:
     suffix = PurePosixPath(doc_id).suffix.lower()
     sha = hashlib.sha256(data).hexdigest()
     page_starts: tuple[int, ...] = ()
+    scanned: frozenset[int] = frozenset()
     if suffix in TEXT_SUFFIXES:
         text = _normalize_newlines(_decode(doc_id, data))
     elif suffix in HTML_SUFFIXES:
         text = html_to_text(_decode(doc_id, data))
     elif suffix in PDF_SUFFIXES:
-        text, page_starts = _pdf_text(doc_id, data)
+        text, page_starts, scanned = _pdf_text(doc_id, data)
+    elif suffix in ocr.IMAGE_SUFFIXES:
+        pages = ocr.image_pages(doc_id, data)
+        text, page_starts = _join_pages(pages)
+        scanned = frozenset(range(1, len(pages) + 1))
     elif suffix in formats.DOCX_SUFFIXES:
         text = formats.docx_text(doc_id, data)
     elif suffix in formats.PPTX_SUFFIXES:
@@ -190,9 +200,11 @@ def _parse(doc_id: str, path: str, data: bytes) -> Document:
     else:
         raise InputError(f"Skipped {doc_id}: unsupported file type; use {SUPPORTED_HUMAN}.")
     if not text.strip():
-        hint = " (a scanned PDF needs OCR first)" if suffix in PDF_SUFFIXES else ""
+        hint = ""
+        if suffix in PDF_SUFFIXES | ocr.IMAGE_SUFFIXES:
+            hint = " (OCR found no words either)" if ocr.enabled() else " (a scanned PDF needs OCR: set RAG_OCR=true)"
         raise InputError(f"Skipped {doc_id}: it contains no text{hint}.")
-    return Document(id=doc_id, path=path, text=text, sha256=sha, page_starts=page_starts)
+    return Document(id=doc_id, path=path, text=text, sha256=sha, page_starts=page_starts, scanned_pages=scanned)
 
 
 def _decode(doc_id: str, data: bytes) -> str:
@@ -282,25 +294,55 @@ def html_to_text(markup: str) -> str:
     return body
 
 
-def _pdf_text(doc_id: str, data: bytes) -> tuple[str, tuple[int, ...]]:
-    """Pages joined by a blank line; ``page_starts[n]`` is where page n+1 begins."""
+def _pdf_text(doc_id: str, data: bytes) -> tuple[str, tuple[int, ...], frozenset[int]]:
+    """Pages joined by a blank line, where each page starts, and the pages read by OCR."""
     from pypdf import PdfReader
 
     try:
         reader = PdfReader(io.BytesIO(data))
         if reader.is_encrypted and not reader.decrypt(""):
             raise InputError(f"Skipped {doc_id}: the PDF is password-protected.")
-        pages = [page.extract_text() or "" for page in reader.pages]
+        pages = [_normalize_newlines((page.extract_text() or "").replace("\x00", "")).strip() for page in reader.pages]
     except InputError:
         raise
     except Exception as exc:  # pypdf raises many types on damaged files; all mean "unreadable"
         raise InputError(f"Skipped {doc_id}: it is not a readable PDF ({type(exc).__name__}: {exc}).") from exc
-    parts: list[str] = []
+    blank = [n for n, page in enumerate(pages, start=1) if ocr.needs_ocr(page)]
+    if blank and not ocr.enabled():
+        if len(blank) < len(pages):  # all-blank ends as "contains no text" with the same hint
+            log.warning("%s: %d page(s) without a text layer skipped: OCR is off (RAG_OCR=false).", doc_id, len(blank))
+        blank = []
+    scanned: set[int] = set()
+    for n in blank:
+        read = _ocr_pdf_page(doc_id, data, n)
+        if read:  # a page OCR finds nothing on keeps its text layer and is not marked
+            pages[n - 1] = read
+            scanned.add(n)
+    text, starts = _join_pages(pages)
+    return text, starts, frozenset(scanned)
+
+
+def _ocr_pdf_page(doc_id: str, data: bytes, page: int) -> str:
+    """OCR of one PDF page; a failure is a warning, since the document's other pages still count."""
+    try:
+        image = ocr.pdf_page_image(data, page - 1)
+        return ocr.read_page(doc_id, page, image)
+    except InputError as exc:  # tesseract missing: say so once a page, keep the text layer
+        log.warning("%s (page %d)", exc, page)
+    except Exception as exc:  # pdfium rejects some pages pypdf read; the page stays as its text layer
+        log.warning("Could not render %s page %d for OCR (%s: %s).", doc_id, page, type(exc).__name__, exc)
+    return ""
+
+
+def _join_pages(pages: list[str]) -> tuple[str, tuple[int, ...]]:
+    """Pages joined by a blank line; ``page_starts[n]`` is where page n+1 begins.
+
+    >>> _join_pages(["ab", "", "c"])
+    ('ab\\n\\n\\n\\nc', (0, 4, 6))
+    """
     starts: list[int] = []
     offset = 0
-    for raw in pages:
-        page_text = _normalize_newlines(raw.replace("\x00", "")).strip()
+    for page_text in pages:
         starts.append(offset)
-        parts.append(page_text)
         offset += len(page_text) + 2  # the "\n\n" joiner
-    return "\n\n".join(parts), tuple(starts)
+    return "\n\n".join(pages), tuple(starts)

@@ -21,6 +21,8 @@ class Document:
     sha256: str
     # Character offset where each page starts (PDF only); page n (1-based) starts at page_starts[n-1].
     page_starts: tuple[int, ...] = ()
+    # Pages (1-based) whose text came from OCR of the page's image (rag/ocr.py), not a text layer.
+    scanned_pages: frozenset[int] = frozenset()
 
     def page_at(self, offset: int) -> int | None:
         """1-based page holding ``offset``, or None for documents without pages.

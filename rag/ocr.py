@@ -1,0 +1,99 @@
+"""OCR: text of images and of PDF pages that have no text layer, read by Tesseract.
+
+``pytesseract`` drives the ``tesseract`` program (Debian: ``apt-get install
+tesseract-ocr``); ``pypdfium2`` renders a scanned PDF page to an image first.
+Each page is read on its own with a time limit, so one page that Tesseract
+chokes on costs a warning naming it, not the document.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterator
+
+from PIL import Image
+
+from rag.errors import InputError
+from rag.settings import Settings
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".tif", ".tiff"})
+# 250 dpi: Tesseract reads body text best at 200-300 dpi (its documentation's advice); higher
+# only costs time and memory on an A4 page (250 dpi is 2067x2923 pixels).
+RENDER_DPI = 250
+# A text layer this short is a scanner's page number (up to 999), not the page's words; a longer
+# one (a title page's "Chapter 1") is kept as it is, since OCR costs about a second a page.
+MIN_TEXT_LAYER_CHARS = 4
+INSTALL_HINT = "install it with `apt-get install tesseract-ocr tesseract-ocr-eng`"
+
+
+def settings() -> Settings:
+    """The OCR settings from the environment (RAG_OCR, RAG_OCR_LANGUAGES, RAG_OCR_TIMEOUT_S), read at each load.
+
+    Read here rather than passed in: the loaders are called by the upload path in rag/pipeline.py
+    with no settings argument, and environment variables are how both `rag ingest` and `rag serve`
+    set these.
+    """
+    return Settings()  # type: ignore[call-arg]  # pydantic-settings fills every field from the environment
+
+
+def enabled() -> bool:
+    """Whether OCR is on (RAG_OCR)."""
+    return settings().ocr
+
+
+def needs_ocr(text_layer: str) -> bool:
+    """Whether a PDF page's text layer is too thin to stand for the page.
+
+    >>> needs_ocr("  12 \\n"), needs_ocr("Preface")
+    (True, False)
+    """
+    return len("".join(text_layer.split())) < MIN_TEXT_LAYER_CHARS
+
+
+def image_pages(doc_id: str, data: bytes) -> list[str]:
+    """Text of each page (TIFF frame) of an image file; a page that fails OCR is empty, with a warning."""
+    if not enabled():
+        raise InputError(f"Skipped {doc_id}: it is an image and OCR is off (RAG_OCR=false).")
+    try:
+        frames = list(_frames(Image.open(io.BytesIO(data))))
+    except Exception as exc:  # Pillow raises many types on damaged or non-image data
+        raise InputError(f"Skipped {doc_id}: it is not a readable image ({type(exc).__name__}: {exc}).") from exc
+    return [read_page(doc_id, n, frame) for n, frame in enumerate(frames, start=1)]
+
+
+def pdf_page_image(data: bytes, index: int) -> Image.Image:
+    """The PDF page ``index`` (0-based) rendered at RENDER_DPI."""
+    import pypdfium2 as pdfium
+
+    pdf = pdfium.PdfDocument(data)
+    try:
+        return pdf[index].render(scale=RENDER_DPI / 72).to_pil()
+    finally:
+        pdf.close()
+
+
+def read_page(doc_id: str, page: int, image: Image.Image) -> str:
+    """Tesseract's text of one page image; empty (and a warning) when it times out or fails."""
+    import pytesseract
+
+    options = settings()
+    try:
+        raw = pytesseract.image_to_string(image, lang=options.ocr_languages, timeout=options.ocr_timeout_s)
+    except pytesseract.TesseractNotFoundError as exc:
+        raise InputError(f"Skipped {doc_id}: OCR needs the tesseract program; {INSTALL_HINT}.") from exc
+    except RuntimeError as exc:  # pytesseract's timeout (TesseractError is also a RuntimeError)
+        what = "took longer than RAG_OCR_TIMEOUT_S" if "timeout" in str(exc).lower() else f"failed ({exc})"
+        log.warning("OCR of %s page %d %s; the page is left out.", doc_id, page, what)
+        return ""
+    return raw.replace("\r\n", "\n").replace("\r", "\n").replace("\x0c", "").strip()
+
+
+def _frames(image: Image.Image) -> Iterator[Image.Image]:
+    """Every frame, fully decoded (a truncated file fails here, not halfway through OCR)."""
+    for index in range(getattr(image, "n_frames", 1)):
+        image.seek(index)
+        frame = image.convert("RGB")  # convert() loads the pixels and copies the frame
+        yield frame

@@ -1,0 +1,129 @@
+"""OCR with the real Tesseract (CI installs it; a missing binary fails here loudly, by design)."""
+
+from __future__ import annotations
+
+import io
+import logging
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from rag import ocr
+from rag.chunking import chunk_document
+from rag.errors import InputError
+from rag.formats import page_label
+from rag.loaders import load_bytes, load_corpus
+from tests.image_files import encode, image_bytes, page_image
+from tests.test_loaders import make_pdf
+
+LINES = ["Mount Etna erupted again", "Lava reached the village"]
+
+
+def image_pdf(lines: list[str]) -> bytes:
+    """A one-page PDF holding only an image (no text layer), like a scanner's output."""
+    return image_bytes(lines, "PDF")
+
+
+def mixed_pdf() -> bytes:
+    """Page 1 has a text layer, page 2 is a scan."""
+    from pypdf import PdfReader, PdfWriter
+
+    writer = PdfWriter()
+    for data in (make_pdf(["Page one has a text layer with words."]), image_pdf(LINES)):
+        for page in PdfReader(io.BytesIO(data)).pages:
+            writer.add_page(page)
+    out = io.BytesIO()
+    writer.write(out)
+    return out.getvalue()
+
+
+def test_png_is_read_by_ocr_and_marked_scanned() -> None:
+    doc = load_bytes("notes/etna.png", encode(page_image(LINES), "PNG"))
+    assert "Mount Etna erupted again" in doc.text and "Lava reached the village" in doc.text
+    assert doc.page_starts == (0,) and doc.scanned_pages == frozenset({1})
+    assert page_label(doc.id, 1) == "scanned page 1"
+
+
+def test_each_tiff_frame_is_a_page() -> None:
+    first, second = page_image(["Mount Etna erupted"]), page_image(["Lava reached the sea"])
+    doc = load_bytes("scan.tiff", encode(first, "TIFF", save_all=True, append_images=[second]))
+    assert len(doc.page_starts) == 2 and doc.scanned_pages == frozenset({1, 2})
+    assert doc.page_at(doc.text.index("Etna")) == 1 and doc.page_at(doc.text.index("Lava")) == 2
+
+
+def test_image_only_pdf_is_read_by_ocr_and_chunks_are_exact_slices() -> None:
+    doc = load_bytes("scan.pdf", image_pdf(LINES))
+    assert "Mount Etna erupted again" in doc.text and doc.scanned_pages == frozenset({1})
+    chunks = chunk_document(doc, lambda s: len(s.split()), 4, 1)
+    assert chunks and all(doc.text[c.start : c.end] == c.text and c.page == 1 for c in chunks)
+
+
+def test_mixed_pdf_reads_the_text_layer_and_the_scan() -> None:
+    doc = load_bytes("mixed.pdf", mixed_pdf())
+    assert doc.text.startswith("Page one has a text layer with words.")
+    assert doc.scanned_pages == frozenset({2})
+    assert doc.page_at(doc.text.index("Page one")) == 1 and doc.page_at(doc.text.index("Lava")) == 2
+    assert doc.text[doc.page_starts[1] :].startswith("Mount Etna")
+
+
+def test_ocr_off_skips_images_and_scanned_pages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("RAG_OCR", "false")
+    with pytest.raises(InputError, match="image and OCR is off"):
+        load_bytes("etna.png", encode(page_image(LINES), "PNG"))
+    doc = load_bytes("mixed.pdf", mixed_pdf())
+    assert "Lava" not in doc.text and doc.scanned_pages == frozenset()
+    (tmp_path / "etna.png").write_bytes(encode(page_image(LINES), "PNG"))
+    (tmp_path / "a.txt").write_text("text")
+    docs, warnings = load_corpus(tmp_path)
+    assert [d.id for d in docs] == ["a.txt"] and len(warnings) == 1 and "etna.png" in warnings[0]
+
+
+def test_a_page_that_times_out_is_one_warning_and_the_rest_is_read(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pytesseract
+
+    real = pytesseract.image_to_string
+    calls = iter([RuntimeError("Tesseract process timeout"), None])
+
+    def first_page_times_out(image: Image.Image, **kwargs: object) -> str:
+        failure = next(calls)
+        if failure is not None:
+            raise failure
+        return str(real(image, **kwargs))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pytesseract, "image_to_string", first_page_times_out)
+    first, second = page_image(["Mount Etna erupted"]), page_image(["Lava reached the sea"])
+    with caplog.at_level(logging.WARNING):
+        doc = load_bytes("scan.tif", encode(first, "TIFF", save_all=True, append_images=[second]))
+    assert "Etna" not in doc.text and "Lava reached the sea" in doc.text and doc.page_at(doc.text.index("Lava")) == 2
+    timeouts = [r.getMessage() for r in caplog.records if "RAG_OCR_TIMEOUT_S" in r.getMessage()]
+    assert len(timeouts) == 1 and "scan.tif page 1" in timeouts[0]
+
+
+def test_missing_tesseract_is_one_line_naming_apt_get(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pytesseract
+
+    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+    with pytest.raises(InputError, match=r"apt-get install tesseract-ocr") as caught:
+        load_bytes("etna.png", encode(page_image(LINES), "PNG"))
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "says"),
+    [
+        ("random.png", bytes(range(256)) * 8, "not a readable image"),
+        ("cut.png", encode(page_image(LINES), "PNG")[:400], "not a readable image"),
+        ("cut.jpg", encode(page_image(LINES), "JPEG")[:300], "not a readable image"),
+    ],
+)
+def test_bad_images_are_one_input_error(name: str, data: bytes, says: str) -> None:
+    with pytest.raises(InputError, match=says):
+        load_bytes(name, data)
+
+
+def test_needs_ocr_threshold() -> None:
+    assert ocr.needs_ocr("") and ocr.needs_ocr("  127  ")
+    assert not ocr.needs_ocr("Preface")
