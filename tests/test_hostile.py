@@ -32,6 +32,7 @@ from rag.settings import Settings
 from tests import fault_procs
 from tests.api_fakes import FakePipeline
 from tests.fakes import FakeEmbedder, FakeGenerator
+from tests.image_files import image_bytes
 from tests.office_files import (
     BILLION_LAUGHS,
     MANIFEST,
@@ -115,6 +116,8 @@ def file(name: str, content: bytes) -> dict[str, Any]:
 
 
 PNG = b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR" + bytes(range(256)) * 4
+TEXT_PNG = image_bytes(["Etna erupted again."], "PNG")
+TEXT_JPG = image_bytes(["Etna erupted again."], "JPEG")
 DOCX = docx_file(["Etna erupted again."])
 PPTX = pptx_file([("Etna", "It erupted again.", "")])
 OLE = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(1024)  # how Office stores a password-protected file
@@ -157,6 +160,13 @@ HOSTILE_UPLOADS: list[tuple[str, dict[str, Any], int, str]] = [
     ("csv-huge-field", file("big.csv", b"a,b\n1," + b"y" * 200_000), 400, "field larger than field limit"),
     ("csv-latin1", file("t.csv", "ville,café\n".encode("latin-1")), 400, "not valid UTF-8"),
     ("tsv-binary", file("t.tsv", PNG), 400, "not a text file"),
+    # images (read by OCR)
+    ("random-bytes-named-png", file("photo.png", bytes(range(256)) * 8), 400, "not a readable image"),
+    ("png-header-only", file("photo.png", PNG), 400, "not a readable image"),
+    ("png-truncated", file("cut.png", TEXT_PNG[: len(TEXT_PNG) // 3]), 400, "not a readable image"),
+    ("jpg-truncated", file("cut.jpg", TEXT_JPG[:300]), 400, "not a readable image"),
+    ("text-named-tif", file("scan.tif", b"Mount Etna"), 400, "not a readable image"),
+    ("blank-png", file("blank.png", image_bytes([], "PNG")), 400, "no text.*OCR found no words"),
     ("executable", file("tool.exe", b"MZ\x90\x00" + bytes(64)), 415, r"not a supported type.*\.txt"),
     # size
     ("one-byte-too-large", file("big.txt", b"a" * (LIMIT + 1)), 413, "larger than 400,000 bytes"),
@@ -214,6 +224,7 @@ ACCEPTED_UPLOADS: list[tuple[str, str, bytes, str]] = [
     ("csv", "towns.csv", b"town,height\r\nEnna,931\r\n", "towns.csv"),
     ("odt-nested-100000-deep-with-text", "deep.odt", odt_file(f"<text:p>{DEEP_SPANS}</text:p>"), "deep.odt"),
     ("tsv", "peaks.tsv", b"peak\tmetres\nEtna\t3357\n", "peaks.tsv"),
+    ("png", "scan.png", TEXT_PNG, "scan.png"),
 ]
 
 
