@@ -5,7 +5,8 @@ For each passage, best first, the generator keeps (or restores) its state after
 replying NOT FOUND on that passage is the passage's score. Reading stops at the
 first passage the model is confident about, so a warm question costs one
 question's worth of tokens (~25, under a second on 2 cores) instead of every
-passage's (~200 each).
+passage's (~200 each). When no passage alone holds the answer, ``read_together``
+reads the best sentences of all of them at once: a cold read, paid only then.
 """
 
 from __future__ import annotations
