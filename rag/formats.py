@@ -96,12 +96,7 @@ def pptx_text(doc_id: str, data: bytes) -> tuple[str, tuple[int, ...]]:
         raise
     except Exception as exc:  # python-pptx, like python-docx, has no single error type for bad files
         raise _unreadable(doc_id, "PowerPoint (.pptx)", exc) from exc
-    starts: list[int] = []
-    offset = 0
-    for slide_text in slides:
-        starts.append(offset)
-        offset += len(slide_text) + 2  # the "\n\n" joiner
-    return "\n\n".join(slides), tuple(starts)
+    return join_pages(slides)
 
 
 def odt_text(doc_id: str, data: bytes) -> str:
@@ -389,3 +384,17 @@ def _odt_inline(element: Element) -> str:
             continue
         parts.append(child.tail or "")
     return "".join(parts)
+
+
+def join_pages(pages: list[str]) -> tuple[str, tuple[int, ...]]:
+    """Pages (or slides) joined by a blank line; ``page_starts[n]`` is where page n+1 begins.
+
+    >>> join_pages(["ab", "", "c"])
+    ('ab\\n\\n\\n\\nc', (0, 4, 6))
+    """
+    starts: list[int] = []
+    offset = 0
+    for page_text in pages:
+        starts.append(offset)
+        offset += len(page_text) + 2  # the "\n\n" joiner
+    return "\n\n".join(pages), tuple(starts)

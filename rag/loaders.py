@@ -187,7 +187,7 @@ def _parse(doc_id: str, path: str, data: bytes) -> Document:
         text, page_starts, scanned = _pdf_text(doc_id, data)
     elif suffix in ocr.IMAGE_SUFFIXES:
         pages = ocr.image_pages(doc_id, data)
-        text, page_starts = _join_pages(pages)
+        text, page_starts = formats.join_pages(pages)
         scanned = frozenset(range(1, len(pages) + 1))
     elif suffix in formats.DOCX_SUFFIXES:
         text = formats.docx_text(doc_id, data)
@@ -318,7 +318,7 @@ def _pdf_text(doc_id: str, data: bytes) -> tuple[str, tuple[int, ...], frozenset
         if read:  # a page OCR finds nothing on keeps its text layer and is not marked
             pages[n - 1] = read
             scanned.add(n)
-    text, starts = _join_pages(pages)
+    text, starts = formats.join_pages(pages)
     return text, starts, frozenset(scanned)
 
 
@@ -332,17 +332,3 @@ def _ocr_pdf_page(doc_id: str, data: bytes, page: int) -> str:
     except Exception as exc:  # pdfium rejects some pages pypdf read; the page stays as its text layer
         log.warning("Could not render %s page %d for OCR (%s: %s).", doc_id, page, type(exc).__name__, exc)
     return ""
-
-
-def _join_pages(pages: list[str]) -> tuple[str, tuple[int, ...]]:
-    """Pages joined by a blank line; ``page_starts[n]`` is where page n+1 begins.
-
-    >>> _join_pages(["ab", "", "c"])
-    ('ab\\n\\n\\n\\nc', (0, 4, 6))
-    """
-    starts: list[int] = []
-    offset = 0
-    for page_text in pages:
-        starts.append(offset)
-        offset += len(page_text) + 2  # the "\n\n" joiner
-    return "\n\n".join(pages), tuple(starts)
