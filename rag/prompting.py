@@ -123,15 +123,3 @@ def rewrite_messages(question: str, history: Sequence[Turn], max_turns: int = 6)
     )
     user = f"Conversation:\n{convo}\n\nLast question: {question}\n\nStandalone question:"
     return [*rewrite_prefix(), {"role": "user", "content": user}]
-
-
-JUDGE_QUESTION = "Does that answer the question, as stated in the passages? Reply Yes or No."
-
-
-def judge_messages(answer_prompt: Sequence[Message], draft: str) -> list[Message]:
-    """Continue the answering conversation with a yes/no check of the draft.
-
-    Continuing (rather than a fresh judge prompt) means llama.cpp reuses the KV
-    cache of the passages it just read: the check costs ~20 new tokens, not ~250.
-    """
-    return [*answer_prompt, {"role": "assistant", "content": draft}, {"role": "user", "content": JUDGE_QUESTION}]
