@@ -175,25 +175,33 @@ def _decode_rate(timings: dict[str, float], tokens: int) -> float | None:
     return (tokens - 1) / decode_s if decode_s > 0 else None
 
 
-def bench_answers(settings: Settings, pipeline: Any, questions: list[str]) -> dict[str, float]:
-    """TTFT, end-to-end latency and decode speed through the real pipeline, then the raw model."""
+def _ask_timed(pipeline: Any, question: str) -> tuple[float | None, float, Any]:
+    """Seconds to the first streamed text (None if none came), seconds to the end, and the ``Answer``."""
     from rag.types import Answer
 
+    t = time.perf_counter()
+    first = None
+    answer = None
+    for piece in pipeline.ask_stream(question):  # read to the end: the model is not left mid-answer
+        if first is None and isinstance(piece, str):
+            first = time.perf_counter() - t
+        if isinstance(piece, Answer):
+            answer = piece
+    return first, time.perf_counter() - t, answer
+
+
+def bench_answers(settings: Settings, pipeline: Any, questions: list[str]) -> dict[str, float]:
+    """TTFT, end-to-end latency and decode speed through the real pipeline, then the raw model."""
     ttft, e2e, prompt_tokens, decode = [], [], [], []
     gen = pipeline.generator
     for q in questions:
-        t = time.perf_counter()
-        first = None
-        for piece in pipeline.ask_stream(q):
-            if first is None and isinstance(piece, str):
-                first = time.perf_counter() - t
-            if isinstance(piece, Answer):
-                e2e.append(time.perf_counter() - t)
-                if first is not None:
-                    ttft.append(first)
-                rate = _decode_rate(piece.timings, getattr(gen, "last_completion_tokens", 0))
-                if rate is not None:
-                    decode.append(rate)
+        first, total, answer = _ask_timed(pipeline, q)
+        e2e.append(total)
+        if first is not None:
+            ttft.append(first)
+        rate = _decode_rate(answer.timings, getattr(gen, "last_completion_tokens", 0))
+        if rate is not None:
+            decode.append(rate)
         prompt_tokens.append(float(getattr(gen, "last_prompt_tokens", 0)))
     out = {
         "questions": float(len(questions)),
@@ -208,7 +216,6 @@ def bench_answers(settings: Settings, pipeline: Any, questions: list[str]) -> di
         msgs = [{"role": "user", "content": "Write three sentences about the sea."}]
         raw = []
         for _ in range(2):
-            t = time.perf_counter()
             first_t = None
             for _piece in gen.stream(msgs, max_tokens=48):
                 if first_t is None:
@@ -245,11 +252,7 @@ def bench_states(pipeline: Any, questions: list[str]) -> dict[str, float]:
             if name == "warm":
                 hits0, misses0, restore0 = fresh.stats.memory_hits, fresh.stats.misses, fresh.stats.restore_s
             for q in questions:
-                t = time.perf_counter()
-                first = None
-                for piece in pipeline.ask_stream(q):  # read to the end: the model is not left mid-answer
-                    if first is None and isinstance(piece, str):
-                        first = time.perf_counter() - t
+                first, _, _ = _ask_timed(pipeline, q)
                 if first is not None:
                     passes[name].append(first)
         hits = fresh.stats.memory_hits - hits0
