@@ -4,7 +4,8 @@ Small local models drop markers, cite the wrong passage, or add a fact the
 passages never state. So each sentence is checked lexically against the
 passages it cites: every number and every name it mentions must occur there,
 and most of its content words must come from the passage (or the question it
-restates). A sentence that fails against its own markers but passes against
+restates). A number answering "how many minutes" must be one the passage gives
+in a unit of time (``asked_unit``, ``measures``). A sentence that fails against its own markers but passes against
 another retrieved passage is re-cited; one that passes nowhere is dropped.
 """
 
@@ -178,6 +179,63 @@ def support(sentence: str, passage_terms: set[str], question_terms: set[str], mi
     return Support(ok, round(score, 3), tuple(missing_keys))
 
 
+# Units of measure by what they measure, as the stemmer leaves them. A question that asks
+# "how many minutes" is answered by a number the passage gives in minutes (or hours…),
+# never by one it gives in kilometres: the near-miss a small model makes on a question the
+# passage does not answer. Counts of things (soldiers, shells) have no such check: their
+# nouns are paraphrased too freely ("troops" for "soldiers") to be compared by word.
+_UNITS = {
+    "time": "second minut hour day week month year decad centuri",
+    "distance": "kilometr kilomet km mile metr meter feet foot yard nautic",
+    "weight": "ton tonn kg kilogram gram pound lb",
+    "volume": "barrel litr liter gallon",
+}
+_UNIT_KIND = {stem: kind for kind, stems in _UNITS.items() for stem in stems.split()}
+_ASKS_UNIT = re.compile(r"\bhow\s+many\s+([A-Za-z]+)", re.IGNORECASE)
+_ASKS_KIND = {"far": "distance", "old": "time"}  # "how far" / "how old"
+_SCALE = frozenset({"hundr", "thousand", "million", "billion"})
+
+
+def asked_unit(question: str) -> str | None:
+    """What the question measures when it asks for a quantity in a unit of measure, else None.
+
+    >>> asked_unit("How many minutes did the flight last?"), asked_unit("How far did it fly?")
+    ('time', 'distance')
+    >>> asked_unit("How many soldiers were sent?") is None
+    True
+    """
+    if m := _ASKS_UNIT.search(question):
+        return _UNIT_KIND.get(_stemmer.stemWord(m.group(1).lower()))
+    m = re.search(r"\bhow\s+(far|old)\b", question, re.IGNORECASE)
+    return _ASKS_KIND[m.group(1).lower()] if m else None
+
+
+def measures(sentence: str, passage: str, kind: str) -> bool:
+    """Does the passage give one of the sentence's numbers in a unit of ``kind``?
+
+    True when the sentence has no number (nothing to check here). Looks at the three
+    words after each occurrence of the number in the passage, past "million" and the like.
+
+    >>> measures("It flew 7,000 kilometres.", "a flight of 7,000 km, the longest", "distance")
+    True
+    >>> measures("It lasted 7,000 minutes.", "a flight of 7,000 km, the longest", "time")
+    False
+    """
+    numbers = {_normalize_number(t) for t in _WORD.findall(sentence) if t[0].isdigit()}
+    numbers |= {_NUMBER_WORDS[w] for t in _WORD.findall(sentence) if (w := t.lower()) in _NUMBER_WORDS}
+    if not numbers:
+        return True
+    words = [w.lower() for w in re.findall(r"[A-Za-z]+|\d[\d,.]*\d|\d", passage)]
+    for i, word in enumerate(words):
+        value = _normalize_number(word) if word[0].isdigit() else _NUMBER_WORDS.get(word)
+        if value in numbers:
+            after = [_stemmer.stemWord(w) for w in words[i + 1 : i + 5]]
+            after = [w for w in after if w not in _SCALE][:3]
+            if any(_UNIT_KIND.get(w) == kind for w in after):
+                return True
+    return False
+
+
 def best_span(sentence: str, hit: Hit) -> tuple[int, int]:
     """Source offsets of the passage sentence sharing most terms with ``sentence``."""
     text = hit.chunk.text
@@ -210,6 +268,15 @@ def verify(raw: str, question: str, hits: Sequence[Hit], min_overlap: float = 0.
     question_terms = terms(question)
     sentences: list[Sentence] = []
     spans: dict[int, tuple[int, int]] = {}
+    kind = asked_unit(question)
+
+    def check(text: str, marker: int) -> Support:
+        found = support(text, passage_terms[marker - 1], question_terms, min_overlap)
+        if found.supported and kind and not measures(text, hits[marker - 1].chunk.text, kind):
+            # A number the passage gives in another unit than the one asked for.
+            return Support(False, found.score, (f"a number in {kind}",))
+        return found
+
     for parsed in parse_answer(raw):
         markers = tuple(m for m in parsed.markers if 1 <= m <= len(hits))
         if markers and not parsed.text.strip(" .,;:"):
@@ -222,16 +289,12 @@ def verify(raw: str, question: str, hits: Sequence[Hit], min_overlap: float = 0.
         if len(markers) < len(parsed.markers):
             bad = sorted(set(parsed.markers) - set(markers))
             notes.append(f"removed marker(s) {bad} pointing outside the {len(hits)} passages")
-        checks = {m: support(parsed.text, passage_terms[m - 1], question_terms, min_overlap) for m in markers}
+        checks = {m: check(parsed.text, m) for m in markers}
         good = tuple(m for m, s in checks.items() if s.supported)
         note = ""
         if not good:
             # Repair: the sentence may be true to another retrieved passage (wrong or missing marker).
-            alt = [
-                (s.score, n)
-                for n in range(1, len(hits) + 1)
-                if (s := support(parsed.text, passage_terms[n - 1], question_terms, min_overlap)).supported
-            ]
+            alt = [(s.score, n) for n in range(1, len(hits) + 1) if (s := check(parsed.text, n)).supported]
             if alt:
                 good = (max(alt)[1],)
                 note = f"re-cited to [{good[0]}]" if markers else f"citation [{good[0]}] added"
@@ -239,7 +302,7 @@ def verify(raw: str, question: str, hits: Sequence[Hit], min_overlap: float = 0.
         elif len(good) < len(markers):
             note = f"dropped unsupported marker(s) {sorted(set(markers) - set(good))}"
         if good:
-            score = max(support(parsed.text, passage_terms[m - 1], question_terms, min_overlap).score for m in good)
+            score = max(check(parsed.text, m).score for m in good)
             sentences.append(Sentence(parsed.text, good, True, score, note))
             for m in good:
                 spans.setdefault(m, best_span(parsed.text, hits[m - 1]))

@@ -56,6 +56,19 @@ def test_invented_name_or_number_is_dropped() -> None:
     assert checked.supported_text == ""
 
 
+def test_a_number_in_another_unit_than_asked_is_dropped() -> None:
+    # The passage gives 7,000 in kilometres: not an answer to "how many minutes".
+    wrong = verify("The flight lasted 7,000 kilometers [1].", "How many minutes did the flight last?", HITS)
+    assert [s.supported for s in wrong.sentences] == [False]
+    assert wrong.citations == ()
+    # Same unit kind, other spelling: kept.
+    right = verify("It traveled 7,000 kilometers [1].", "How many miles did the missile travel?", HITS)
+    assert [s.supported for s in right.sentences] == [True]
+    # Counts of things are not checked by unit: "troops" may be the passage's "shells" or "soldiers".
+    counted = verify("Nearly three million shells [2].", "How many rounds did Pyongyang supply?", HITS)
+    assert [s.supported for s in counted.sentences] == [True]
+
+
 def test_marker_outside_passages_is_removed() -> None:
     checked = verify("The missile traveled 7,000 kilometers [7].", "How far?", HITS)
     assert all(1 <= m <= len(HITS) for s in checked.sentences for m in s.markers)
