@@ -25,6 +25,7 @@ from rag.evaluation import (
     load_thresholds,
     metrics_by_type,
     normalize_answer,
+    reliability,
     run_eval,
     token_f1,
 )
@@ -146,6 +147,7 @@ ANSWERS = {
         (Sentence("It was tested on October 30, 2024 [1][2].", (1, 2), True),),
         timings={"first_token_s": 0.1},
         provenance={"index": "v-test", "generator": "fake"},
+        confidence=0.95,
     ),
     # Correct; [1] is not the evidence and its sentence is unsupported, [2] is the evidence.
     "q2": Answer(
@@ -155,6 +157,7 @@ ANSWERS = {
         (cite(1, C3), cite(2, C2)),
         (Sentence("It flew 7,000 kilometers [1][2].", (1, 2), False),),
         timings={"first_token_s": 0.3},
+        confidence=0.6,
     ),
     # False refusal; the gold words in an abstention earn neither accuracy nor F1.
     "q3": Answer(
@@ -173,6 +176,7 @@ ANSWERS = {
         (cite(1, C1),),
         (Sentence("Nobody won [1].", (1,), True),),
         timings={"first_token_s": 0.2},
+        confidence=0.92,
     ),
 }
 
@@ -242,6 +246,16 @@ def test_metrics_on_fake_pipeline() -> None:
     assert m["ttft_p50_s"] == pytest.approx(0.2)
     assert m["ttft_p95_s"] == pytest.approx(0.29)
     assert m["latency_p50_s"] is not None and m["latency_p50_s"] <= m["latency_p95_s"]
+
+    # Answers given with confidence >= 0.9: q1 (right) and q4 (an unanswerable question answered: wrong).
+    assert m["confident_precision"] == 0.5
+    table = {row["from"]: (row["answers"], row["mean_confidence"], row["right"]) for row in reliability(results)}
+    assert table == {
+        0.0: (0, None, None),
+        0.5: (1, 0.6, 1.0),
+        0.7: (0, None, None),
+        0.9: (2, pytest.approx(0.935), 0.5),
+    }
 
     verdicts = [r.verdict(2) for r in results]
     assert verdicts == ["correct", "correct", "refused (false refusal)", "answered (hallucination)"]
@@ -349,6 +363,7 @@ def test_cli_passes_and_writes_reports(workspace: dict[str, Path], capsys: pytes
     assert report["questions"][2]["provenance"] == {"passages_read": "4"}
     md = (workspace["out"] / "report.md").read_text(encoding="utf-8")
     assert "## By question type" in md
+    assert "| 0.9-1.0 | 2 | 0.935 | 0.500 |" in md  # the reliability table: q1 right, q4 a hallucination
     assert "### q3 (date): refused (false refusal)" in md
     assert "- **Passages the model read:** 4" in md  # how the refusal was reached
     assert "### q4 (unanswerable): answered (hallucination)" in md

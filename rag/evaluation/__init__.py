@@ -15,6 +15,7 @@ from rag.evaluation.metrics import (
     answer_metrics,
     compute_metrics,
     metrics_by_type,
+    reliability,
     retrieval_metrics,
 )
 from rag.evaluation.report import build_report, question_record, render_markdown, write_report
@@ -57,6 +58,7 @@ __all__ = [
     "metrics_by_type",
     "normalize_answer",
     "question_record",
+    "reliability",
     "render_markdown",
     "retrieval_metrics",
     "run_eval",

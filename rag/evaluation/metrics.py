@@ -7,10 +7,15 @@
   answerable questions citing at least one evidence passage.
 * **Refusals**: refusal recall (unanswerable -> abstained), false-refusal rate
   (answerable -> abstained), hallucination rate (unanswerable -> answered).
+* **Confidence**: the reliability table puts the answers given (not refusals) in
+  bins of the confidence they carried and says how many of each bin were right; an
+  answer to an unanswerable question is wrong. ``confident_precision`` is the
+  share right of those carrying at least ``CONFIDENT`` (the promise: ≥ 0.9).
 """
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -26,12 +31,16 @@ ANSWER_METRICS = (
     "refusal_recall",
     "false_refusal_rate",
     "hallucination_rate",
+    "confident_precision",
     "latency_p50_s",
     "latency_p95_s",
     "ttft_p50_s",
     "ttft_p95_s",
 )
 KNOWN_METRICS = RETRIEVAL_METRICS + ANSWER_METRICS
+CONFIDENT = 0.9
+#: Lower edges of the reliability table's bins.
+CONFIDENCE_BINS = (0.0, 0.5, 0.7, CONFIDENT)
 
 
 def _mean(values: Iterable[float]) -> float | None:
@@ -68,11 +77,43 @@ def answer_metrics(results: Sequence[QuestionResult]) -> dict[str, float | None]
         "refusal_recall": _mean(float(r.answer is not None and r.answer.abstained) for r in unanswerable),
         "false_refusal_rate": _mean(float(r.answer is not None and r.answer.abstained) for r in answerable),
         "hallucination_rate": _mean(float(r.answer is not None and not r.answer.abstained) for r in unanswerable),
+        "confident_precision": _mean(float(right) for conf, right in _given(done) if conf >= CONFIDENT),
     }
     for name, vals in (("latency", latencies), ("ttft", ttfts)):
         out[f"{name}_p50_s"] = percentile(vals, 50) if vals else None
         out[f"{name}_p95_s"] = percentile(vals, 95) if vals else None
     return out
+
+
+def _given(results: Sequence[QuestionResult]) -> list[tuple[float, bool]]:
+    """(confidence, right) of each answer given with a confidence; right is False for an unanswerable one."""
+    return [
+        (r.answer.confidence, bool(r.correct) and r.item.answerable)
+        for r in results
+        if r.answer is not None and not r.answer.abstained and r.answer.confidence is not None
+    ]
+
+
+def reliability(results: Sequence[QuestionResult]) -> list[dict[str, Any]]:
+    """Answers given, by confidence bin: how many, their mean confidence, and the share right.
+
+    A calibrated confidence has each bin's share right close to its mean confidence.
+    """
+    given = _given(results)
+    edges = (*CONFIDENCE_BINS, 1.0 + 1e-9)
+    rows: list[dict[str, Any]] = []
+    for low, high in itertools.pairwise(edges):
+        group = [(c, ok) for c, ok in given if low <= c < high]
+        rows.append(
+            {
+                "from": low,
+                "to": min(high, 1.0),
+                "answers": len(group),
+                "mean_confidence": _mean(c for c, _ in group),
+                "right": _mean(float(ok) for _, ok in group),
+            }
+        )
+    return rows
 
 
 def compute_metrics(results: Sequence[QuestionResult], k: int, *, retrieval_only: bool = False) -> dict[str, Any]:

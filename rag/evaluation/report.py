@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from rag.evaluation.metrics import ANSWER_METRICS, KNOWN_METRICS, metrics_by_type
+from rag.evaluation.metrics import ANSWER_METRICS, KNOWN_METRICS, metrics_by_type, reliability
 from rag.evaluation.scoring import PASSING_VERDICTS, QuestionResult, squash
 from rag.evaluation.thresholds import Thresholds
 from rag.serialization import answer_to_dict
@@ -65,6 +65,7 @@ def build_report(
         "provenance": dict(first.provenance) if first is not None else {},
         "metrics": dict(metrics),
         "by_type": metrics_by_type(results, int(metrics["k"])),
+        "reliability": [] if retrieval_only else reliability(results),
         "thresholds": asdict(thresholds),
         "threshold_failures": list(failures),
         "thresholds_unchecked": list(unchecked),
@@ -136,6 +137,7 @@ def render_markdown(report: Mapping[str, Any], thresholds: Thresholds) -> str:
         "",
         "Accuracy of `unanswerable` is the share correctly refused.",
         "",
+        *_reliability_section(report.get("reliability", [])),
         "## Failures",
         "",
     ]
@@ -160,6 +162,23 @@ def render_markdown(report: Mapping[str, Any], thresholds: Thresholds) -> str:
             out.append(f"  - [{c['marker']}]{mark} {c['doc_id']} {c['start']}-{c['end']}: {_snippet(c['text'])}")
         out.append("")
     return "\n".join(out) + "\n"
+
+
+def _reliability_section(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    table = _md_table(
+        ("confidence", "answers", "mean confidence", "right"),
+        (
+            (f"{r['from']:.1f}-{r['to']:.1f}", str(r["answers"]), _fmt(r["mean_confidence"]), _fmt(r["right"]))
+            for r in rows
+        ),
+    )
+    note = (
+        "Answers given (refusals left out), by the confidence they carried; "
+        "an answer to an unanswerable question counts as not right."
+    )
+    return ["## Confidence reliability", "", table, "", note, ""]
 
 
 def write_report(report: Mapping[str, Any], thresholds: Thresholds, out_dir: Path) -> tuple[Path, Path]:
