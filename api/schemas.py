@@ -162,8 +162,8 @@ class AnswerOut(OutModel):
     provenance: dict[str, str]
     notes: list[str]
     confidence: float | None = Field(
-        description="The model's probability that the passages hold the answer: the self-check's when "
-        "RAG_MIN_JUDGE is on, else 1 minus its probability of replying NOT FOUND; null when not measured."
+        description="How likely the answer is right: 1 minus the model's probability of replying NOT FOUND "
+        "on what it answered from, calibrated on the gold set (rag.decision.calibrated); null when not measured."
     )
     draft: str = Field(description="The model's unverified output, to see what verification changed.")
 

@@ -25,7 +25,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 
-from rag.decision import decide, decide_together
+from rag.decision import calibrated, decide, decide_together
 from rag.drafting import Draft, verified_stream
 from rag.durable import stage_beside
 from rag.embedding import Embedder
@@ -209,7 +209,7 @@ class Pipeline:
                 if p_together is not None:
                     signals["p_together"] = f"{p_together:.4f}"
                 decision = decide_together(decision, together, p_together, s.refuse_together_at)
-            confidence = decision.confidence
+            confidence = calibrated(decision.confidence)
             if decision.refused:
                 yield REFUSAL
                 yield finish(

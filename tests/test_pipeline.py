@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from rag.decision import calibrated
 from rag.errors import InputError
 from rag.generation import Message
 from rag.ingest import ingest
@@ -156,7 +157,7 @@ def test_the_models_own_not_found_probability_decides_refusals(
     pipeline = Pipeline(settings.model_copy(update={"refuse_at": 0.5, "refuse_together_at": 0.5}), FakeEmbedder(), gen)
     answer = pipeline.ask("Which port were the munitions shipped from?")
     assert answer.abstained is abstained
-    assert answer.confidence == round(1 - p_missing, 4)
+    assert answer.confidence == calibrated(round(1 - p_missing, 4))
     # No passage scored under the early-stop bar, so every passage was read alone.
     assert [passage_count(m) for m in gen.scored][: settings.top_k] == [1] * settings.top_k
     if abstained:
@@ -181,7 +182,7 @@ def test_an_answer_no_passage_holds_alone_is_looked_for_in_all_of_them_together(
 
     gen = ScoringFakeGenerator(base.reply, p_not_found)
     answer = Pipeline(settings, FakeEmbedder(), gen).ask("Which port were the munitions shipped from?")
-    assert not answer.abstained and "Rason" in answer.text and answer.confidence == 0.9
+    assert not answer.abstained and "Rason" in answer.text and answer.confidence == calibrated(0.9)
     assert answer.provenance["p_together"] == "0.1000"
     together = gen.scored[-1]
     assert passages_of(gen.calls[-1]) == passages_of(together)  # drafted from what was read together
@@ -210,7 +211,7 @@ def test_passages_are_read_one_at_a_time_until_one_is_confident(settings: Settin
     assert answer.provenance["passages_read"] == str(len(gen.scored))
     # The reply is generated from exactly the prompt whose P(NOT FOUND) decided.
     assert gen.calls[-1] == gen.scored[-1]
-    assert not answer.abstained and "Rason" in answer.text and answer.confidence == 0.95
+    assert not answer.abstained and "Rason" in answer.text and answer.confidence == calibrated(0.95)
     (citation,) = answer.citations
     assert citation.marker == 1 and "Rason" in citation.text
 
@@ -221,7 +222,7 @@ def test_without_a_confident_passage_the_best_one_answers(settings: Settings) ->
     s = settings.model_copy(update={"refuse_at": 0.3, "stop_reading_at": 0.1})
     answer = Pipeline(s, FakeEmbedder(), gen).ask("Which port were the munitions shipped from?")
     assert len(gen.scored) == settings.top_k  # nothing under 0.1: all were read
-    assert not answer.abstained and "Rason" in answer.text and answer.confidence == 0.8
+    assert not answer.abstained and "Rason" in answer.text and answer.confidence == calibrated(0.8)
 
 
 def test_a_passage_state_is_read_once_and_reused(settings: Settings) -> None:
