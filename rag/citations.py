@@ -5,8 +5,10 @@ passages never state. So each sentence is checked lexically against the
 passages it cites: every number and every name it mentions must occur there,
 and most of its content words must come from the passage (or the question it
 restates). A number answering "how many minutes" must be one the passage gives
-in a unit of time (``asked_unit``, ``measures``). A sentence that fails against its own markers but passes against
-another retrieved passage is re-cited; one that passes nowhere is dropped.
+in a unit of time (``asked_unit``, ``measures``), and a date must be one the
+passage gives whole, not a day from one date and a year from another
+(``dates_hold``). A sentence that fails against its own markers but passes
+against another retrieved passage is re-cited; one that passes nowhere is dropped.
 """
 
 from __future__ import annotations
@@ -236,6 +238,43 @@ def measures(sentence: str, passage: str, kind: str) -> bool:
     return False
 
 
+_MONTHS = "January|February|March|April|May|June|July|August|September|October|November|December|Sept|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sep|Oct|Nov|Dec"  # noqa: E501
+_DATE = re.compile(rf"\b(?:(\d{{1,2}})\s+)?({_MONTHS})\.?(?:\s+(\d{{1,2}})(?:st|nd|rd|th)?\b)?,?(?:\s+(\d{{4}})\b)?")
+
+
+def dates(text: str) -> set[tuple[str, str | None, str | None]]:
+    """(month, day, year) of each date in ``text`` that has a day or a year; either order.
+
+    >>> sorted(dates("On October 23, 2024 and 5 Dec. 2023, or in June 2024; not in May."))
+    [('dec', '5', '2023'), ('jun', None, '2024'), ('oct', '23', '2024')]
+    """
+    out: set[tuple[str, str | None, str | None]] = set()
+    for m in _DATE.finditer(text):
+        day, year = m.group(1) or m.group(3), m.group(4)
+        if day or year:
+            out.add((m.group(2)[:3].lower(), str(int(day)) if day else None, year))
+    return out
+
+
+def dates_hold(sentence: str, passage: str) -> bool:
+    """Is each date of the sentence one the passage gives, as a whole?
+
+    Its parts alone prove nothing: "October 30, 2023" takes the day from "October 30,
+    2024" and the year from "December 2023" in the same passage. A part the passage
+    leaves out (no year) may be left out of the sentence too, and the other way round.
+
+    >>> dates_hold("It was on October 30, 2023.", "On October 30, 2024, and in December 2023")
+    False
+    >>> dates_hold("It was on 30 October 2024.", "On October 30, 2024, and in December 2023")
+    True
+    """
+    given = dates(passage)
+    return all(
+        any(month == m and day in (None, d) and (year is None or y in (None, year)) for m, d, y in given)
+        for month, day, year in dates(sentence)
+    )
+
+
 def best_span(sentence: str, hit: Hit) -> tuple[int, int]:
     """Source offsets of the passage sentence sharing most terms with ``sentence``."""
     text = hit.chunk.text
@@ -272,9 +311,12 @@ def verify(raw: str, question: str, hits: Sequence[Hit], min_overlap: float = 0.
 
     def check(text: str, marker: int) -> Support:
         found = support(text, passage_terms[marker - 1], question_terms, min_overlap)
-        if found.supported and kind and not measures(text, hits[marker - 1].chunk.text, kind):
+        passage = hits[marker - 1].chunk.text
+        if found.supported and kind and not measures(text, passage, kind):
             # A number the passage gives in another unit than the one asked for.
             return Support(False, found.score, (f"a number in {kind}",))
+        if found.supported and not dates_hold(text, passage):
+            return Support(False, found.score, ("a date the passage gives",))
         return found
 
     for parsed in parse_answer(raw):

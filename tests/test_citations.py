@@ -69,6 +69,16 @@ def test_a_number_in_another_unit_than_asked_is_dropped() -> None:
     assert [s.supported for s in counted.sentences] == [True]
 
 
+def test_a_date_made_of_two_dates_is_dropped() -> None:
+    passage = "North Korea tested a missile on October 30, 2024, the first since December 2023."
+    hits = [Hit(Chunk("m#0", "m.txt", passage, 0, len(passage)), 1.0)]
+    # Day and month from one date, year from the other: every term is in the passage, the date is not.
+    mixed = verify("The previous test was on October 30, 2023 [1].", "When was the previous test?", hits)
+    assert [s.supported for s in mixed.sentences] == [False]
+    kept = verify("The previous test was in December 2023 [1].", "When was the previous test?", hits)
+    assert [s.supported for s in kept.sentences] == [True]
+
+
 def test_marker_outside_passages_is_removed() -> None:
     checked = verify("The missile traveled 7,000 kilometers [7].", "How far?", HITS)
     assert all(1 <= m <= len(HITS) for s in checked.sentences for m in s.markers)
