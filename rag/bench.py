@@ -97,9 +97,9 @@ def bench_roofline(settings: Settings, embedder: Any, passages_per_s: float) -> 
     """Ingest's embedding rate against what these cores can compute in fp32 (a roofline ratio)."""
     import json
 
-    from rag.embedding import resolve_model
+    from rag.embedding import embedder_folder
 
-    model_dir, _ = resolve_model(settings.embedder_path)
+    model_dir, _ = embedder_folder(settings)
     config = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     texts = synthetic_passages(settings, 50)
     tokens = sum(min(embedder.count_tokens(t) + 2, embedder.max_tokens) for t in texts) / len(texts)

@@ -57,6 +57,15 @@ def resolve_model(model_path: Path | None) -> tuple[Path, str]:
     return Path(model_path), Path(model_path).name
 
 
+def embedder_folder(settings: Settings) -> tuple[Path, str]:
+    """The model folder and id the settings ask for: RAG_EMBEDDER_PATH, else RAG_EMBEDDER's shipped model."""
+    if settings.embedder_path is None and settings.embedder == "mpnet":
+        from rag.models import ensure_mpnet
+
+        return ensure_mpnet(settings.cache_dir), "all-mpnet-base-v2"
+    return resolve_model(settings.embedder_path)
+
+
 class SentenceTransformerEmbedder:
     """A sentence-transformers model on CPU; default: the all-MiniLM-L6-v2 shipped in a PyPI wheel.
 
@@ -128,15 +137,16 @@ class SentenceTransformerEmbedder:
 
 def load_embedder(settings: Settings) -> Embedder:
     """The embedder the settings ask for (loads the model: call once, then inject)."""
+    model_path, model_id = embedder_folder(settings)
     if settings.embed_backend == "torch":
         return SentenceTransformerEmbedder(
-            model_path=settings.embedder_path,
+            model_path=model_path,
             batch_size=settings.embed_batch_size,
             threads=settings.embed_threads,
+            model_id=model_id,
         )
     from rag.embedding_onnx import load_onnx_embedder
 
-    model_path, model_id = resolve_model(settings.embedder_path)
     return load_onnx_embedder(
         model_path,
         model_id,

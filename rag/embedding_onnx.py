@@ -23,6 +23,7 @@ it checks exactly what queries will run. Apart, the two halves would import each
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -162,7 +163,8 @@ class OnnxEmbedder:
         self._counter.no_truncation()
         specials = len(self._counter.encode("", add_special_tokens=True).ids)
         self.max_tokens = max_seq_length - specials
-        pad = self._counter.token_to_id("[PAD]")
+        # BERT pads with [PAD]; MPNet (RoBERTa-style) with <pad>, which its position ids skip.
+        pad = next((i for t in ("[PAD]", "<pad>") if (i := self._counter.token_to_id(t)) is not None), None)
         self._pad_id = int(pad) if pad is not None else 0
 
     def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
@@ -343,24 +345,30 @@ def _export_fp32(model_path: Path, out: Path) -> None:
         raise ModelError(f"Cannot load the embedding model at {model_path} for export: {exc}") from exc
     model.eval()
 
+    # BERT takes token type ids; MPNet has none, and its graph then has two inputs (the
+    # embedder feeds a session only the inputs it declares).
+    typed = "token_type_ids" in inspect.signature(model.forward).parameters
+    inputs = list(_INPUTS if typed else _INPUTS[:2])
+
     class TokenVectors(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
 
-        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any) -> Any:
+        def forward(self, input_ids: Any, attention_mask: Any, token_type_ids: Any = None) -> Any:
             # Keywords, not positions: BertModel.forward's positional order changed across versions.
-            return self.model(
-                input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids
-            ).last_hidden_state
+            extra = {"token_type_ids": token_type_ids} if typed else {}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
 
     # A padded probe: the check below then covers the attention mask too.
     tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
     tokenizer.no_padding()
     tokenizer.no_truncation()
     probe = [e.ids for e in tokenizer.encode_batch(["Which port were the munitions shipped from?", "A short one."])]
-    ids, mask = pad_batch(probe)
-    args = (torch.from_numpy(ids), torch.from_numpy(mask), torch.zeros_like(torch.from_numpy(ids)))
+    pad = next((i for t in ("[PAD]", "<pad>") if (i := tokenizer.token_to_id(t)) is not None), 0)
+    ids, mask = pad_batch(probe, pad)
+    tensors = (torch.from_numpy(ids), torch.from_numpy(mask), torch.zeros_like(torch.from_numpy(ids)))
+    args = tensors if typed else tensors[:2]
     wrapper = TokenVectors().eval()
     with torch.no_grad(), warnings.catch_warnings():
         # The legacy exporter warns that it is legacy and that traced Python branches are
@@ -370,9 +378,9 @@ def _export_fp32(model_path: Path, out: Path) -> None:
             wrapper,
             args,
             str(out),
-            input_names=list(_INPUTS),
+            input_names=inputs,
             output_names=["last_hidden_state"],
-            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*_INPUTS, "last_hidden_state"]},
+            dynamic_axes={n: {0: "batch", 1: "sequence"} for n in [*inputs, "last_hidden_state"]},
             opset_version=17,
             do_constant_folding=True,
             dynamo=False,  # the dynamo exporter needs onnxscript, which is not installed
@@ -380,7 +388,7 @@ def _export_fp32(model_path: Path, out: Path) -> None:
         expected = mean_pool(wrapper(*args).numpy(), mask)
     session = open_session(out, None)
     feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-    got = mean_pool(session.run(None, feeds)[0], mask)
+    got = mean_pool(session.run(None, {name: feeds[name] for name in inputs})[0], mask)
     cosine = float((expected * got).sum(axis=1).min())
     if cosine < 0.9999:
         raise ModelError(

