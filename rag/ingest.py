@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,14 +142,17 @@ def ingest(
                 rebuild_reason=reason,
             )
 
-        if previous is not None and not fresh and removed == 0:
+        # A manifest written before scanned pages were recorded gets them from the documents just read
+        # (same bytes, same text): a new version, nothing re-embedded.
+        unrecorded = any(reusable[doc_id].scanned_pages is None for doc_id in reuse)
+        if previous is not None and not fresh and removed == 0 and not unrecorded:
             kept = len(previous.chunks)
             if resolve_index_type(settings.index_type, kept, settings.hnsw_threshold) == previous.manifest.index_type:
                 log.info("index %s is up to date", previous.version)
                 return report(previous.version, 0, kept)
 
         manifest, chunks, vectors, embedded = compose(
-            previous, reuse, fresh, embedder, chunk_tokens, overlap, settings, progress=progress
+            previous, reuse, fresh, embedder, chunk_tokens, overlap, settings, progress=progress, read=docs
         )
         index = save_index(index_dir, manifest, chunks, vectors)
         return report(index.version, embedded, len(chunks))
@@ -217,10 +220,12 @@ def compose(
     settings: Settings,
     *,
     progress: bool,
+    read: Sequence[Document] = (),
 ) -> tuple[Manifest, list[Chunk], np.ndarray, int]:
     """Manifest, chunks and vectors for ``reuse`` (taken from ``previous``) plus ``fresh`` (embedded now).
 
-    Returns the number of chunks embedded as the last element.
+    ``read`` are documents just loaded from the corpus: a reused entry whose manifest predates
+    ``DocEntry.scanned_pages`` takes them from there. Returns the number of chunks embedded as the last element.
     """
     if previous is None and reuse:
         raise ValueError("cannot reuse documents without a previous index")
@@ -239,9 +244,12 @@ def compose(
 
     # Gather per-document blocks, then lay them out sorted by document id.
     blocks: dict[str, tuple[DocEntry, list[Chunk], np.ndarray]] = {}
+    loaded = {d.id: d for d in read}
     if previous is not None:
         for doc_id in reuse:
             entry = previous.manifest.documents[doc_id]
+            if entry.scanned_pages is None and doc_id in loaded:
+                entry = replace(entry, scanned_pages=tuple(sorted(loaded[doc_id].scanned_pages)))
             # A document's chunks are contiguous rows (the layout below), so one slice takes them.
             first = previous.row(entry.chunk_ids[0]) if entry.chunk_ids else 0
             rows = slice(first, first + len(entry.chunk_ids))
@@ -254,6 +262,7 @@ def compose(
             chunk_ids=tuple(c.id for c in doc_chunks),
             chars=len(doc.text),
             page_count=len(doc.page_starts) or None,
+            scanned_pages=tuple(sorted(doc.scanned_pages)),
         )
         blocks[doc.id] = (entry, doc_chunks, new_vectors[offset : offset + len(doc_chunks)])
         offset += len(doc_chunks)
