@@ -26,6 +26,7 @@ from rag.errors import IndexFormatError, InputError
 from rag.index import DocEntry, Index, Manifest, resolve_index_type
 from rag.ingest_progress import IngestProgress
 from rag.loaders import load_corpus
+from rag.ocr import OcrOptions
 from rag.settings import Settings
 from rag.store import REBUILD_HINT, current_version, load_index, read_manifest, save_index, writer_lock
 from rag.types import Chunk, Document
@@ -95,7 +96,7 @@ def ingest(
     """
     started = time.perf_counter()
     # Read and validate everything before touching the index folder.
-    docs, warnings = load_corpus(corpus)
+    docs, warnings = load_corpus(corpus, OcrOptions.from_settings(settings))
     chunk_tokens, overlap = chunk_params(settings, embedder)
 
     with writer_lock(index_dir):

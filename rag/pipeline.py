@@ -348,9 +348,11 @@ class Pipeline:
         from rag.durable import fsync_dir
         from rag.ingest import add_or_update
         from rag.loaders import load_bytes
+        from rag.ocr import OcrOptions
         from rag.store import WRITE_HINT
 
-        doc = load_bytes(filename, data)  # validates type and content before anything is written
+        # Validates type and content before anything is written.
+        doc = load_bytes(filename, data, OcrOptions.from_settings(self.settings))
         corpus = self.settings.corpus_dir
         target = _safe_path(corpus, doc.id)
         with self._lock:

@@ -74,16 +74,56 @@ def test_mixed_pdf_reads_the_text_layer_and_the_scan() -> None:
     assert doc.text[doc.page_starts[1] :].startswith("Mount Etna")
 
 
-def test_ocr_off_skips_images_and_scanned_pages(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setenv("RAG_OCR", "false")
+def test_ocr_off_skips_images_and_scanned_pages(tmp_path: Path) -> None:
+    off = ocr.OcrOptions(enabled=False)
     with pytest.raises(InputError, match="image and OCR is off"):
-        load_bytes("etna.png", encode(page_image(LINES), "PNG"))
-    doc = load_bytes("mixed.pdf", mixed_pdf())
+        load_bytes("etna.png", encode(page_image(LINES), "PNG"), off)
+    doc = load_bytes("mixed.pdf", mixed_pdf(), off)
     assert "Lava" not in doc.text and doc.scanned_pages == frozenset()
     (tmp_path / "etna.png").write_bytes(encode(page_image(LINES), "PNG"))
     (tmp_path / "a.txt").write_text("text")
-    docs, warnings = load_corpus(tmp_path)
+    docs, warnings = load_corpus(tmp_path, off)
     assert [d.id for d in docs] == ["a.txt"] and len(warnings) == 1 and "etna.png" in warnings[0]
+
+
+def test_the_ocr_defaults_are_the_settings_defaults() -> None:
+    fields = Settings.model_fields
+    defaults = (fields["ocr"].default, fields["ocr_languages"].default, fields["ocr_timeout_s"].default)
+    assert (ocr.DEFAULT_OPTIONS.enabled, ocr.DEFAULT_OPTIONS.languages, ocr.DEFAULT_OPTIONS.timeout_s) == defaults
+
+
+def test_ingest_and_uploads_take_the_ocr_settings_they_are_given_not_the_environment(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    import pytesseract
+
+    real = pytesseract.image_to_string
+    seen: list[tuple[object, object]] = []
+
+    def recording(image: Image.Image, **kwargs: object) -> str:
+        seen.append((kwargs.get("lang"), kwargs.get("timeout")))
+        return str(real(image, **kwargs))  # type: ignore[arg-type]
+
+    monkeypatch.setattr(pytesseract, "image_to_string", recording)
+    # The environment says the opposite of the settings passed in: it must not matter.
+    monkeypatch.setenv("RAG_OCR", "false")
+    monkeypatch.setenv("RAG_OCR_TIMEOUT_S", "1")
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "etna.png").write_bytes(encode(page_image(LINES), "PNG"))
+    (corpus / "a.txt").write_text("Some plain text about the weather.")
+    on = Settings(corpus_dir=corpus, index_dir=tmp_path / "index", ocr=True, ocr_languages="eng", ocr_timeout_s=12.5)
+    report = ingest(corpus, on.index_dir, FakeEmbedder(), on, progress=False)
+    assert report.documents_total == 2 and not report.warnings
+    assert seen == [("eng", 12.5)]
+
+    monkeypatch.setenv("RAG_OCR", "true")
+    off = on.model_copy(update={"ocr": False, "index_dir": tmp_path / "index-off"})
+    report = ingest(corpus, off.index_dir, FakeEmbedder(), off, progress=False)
+    assert report.documents_total == 1 and any("OCR is off" in w for w in report.warnings)
+    with pytest.raises(InputError, match="OCR is off"):
+        Pipeline(off, FakeEmbedder(), None).add_document("notice.png", encode(page_image(LINES), "PNG"))
+    assert not (corpus / "notice.png").exists() and len(seen) == 1
 
 
 def test_a_page_that_times_out_is_one_warning_and_the_rest_is_read(
