@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install serve ingest test test-fast lint eval eval-squad bench clean
+.PHONY: install serve ingest test test-fast lint eval eval-squad eval-formats bench clean
 
 # Idempotent: re-runs pip only when pyproject.toml changed since the last install.
 install: $(STAMP)
@@ -47,6 +47,7 @@ test: install $(MPNET_STAMP)
 	$(BIN)/rag ingest
 	$(BIN)/rag eval
 	$(MAKE) eval-squad
+	$(MAKE) eval-formats
 
 # The SQuAD 2.0 set (eval/squad/): retrieval for every question, each split reported apart (one index, ~1 min).
 eval-squad: install
@@ -55,6 +56,12 @@ eval-squad: install
 			--split $$split --retrieval-only --thresholds eval/squad/thresholds.json --out eval/squad/report-$$split \
 			|| exit 1; \
 	done
+
+# Everyday formats (eval/formats/): answers from a .docx table, slides and notes, a scanned PDF page, an image,
+# a CSV row and an .odt, with the real models (11 questions, ~2 min with OCR of 3 pages).
+eval-formats: install
+	$(BIN)/rag eval --gold eval/formats/gold.jsonl --corpus eval/formats/corpus --index eval/formats/index \
+		--thresholds eval/formats/thresholds.json --out eval/formats/report
 
 test-fast: install
 	$(BIN)/python -m pytest -q -m "not slow and not browser"

@@ -139,6 +139,9 @@ class CitationOut(OutModel):
     page: int | None = None
     span_start: int | None = Field(None, description="Supporting words, as offsets in the source document.")
     span_end: int | None = None
+    scanned: bool = Field(
+        False, description="The cited page was read by OCR (an image or a scanned PDF page): say 'scanned page'."
+    )
 
 
 class SentenceOut(OutModel):

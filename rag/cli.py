@@ -147,7 +147,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if answer.citations:
         print("\nSources:")
         for c in answer.citations:
-            page = f" {page_label(c.doc_id, c.page)}" if c.page is not None else ""
+            page = f" {page_label(c.doc_id, c.page, c.scanned)}" if c.page is not None else ""
             snippet = " ".join(c.text.split())[:140]
             print(f"  [{c.marker}] {c.doc_id}{page} chars {c.start}-{c.end}: {snippet}")
     return 0

@@ -51,16 +51,22 @@ def is_slides(doc_id: str) -> bool:
     return PurePosixPath(doc_id).suffix.lower() in PPTX_SUFFIXES
 
 
-def page_label(doc_id: str, page: int) -> str:
-    """How a citation names its page: slides for presentations, scanned pages for images (read by OCR).
+def is_image(doc_id: str) -> bool:
+    """Whether the document is an image, every page of which is read by OCR."""
+    return PurePosixPath(doc_id).suffix.lower() in IMAGE_SUFFIXES
 
-    >>> page_label("deck.pptx", 3), page_label("report.pdf", 3), page_label("letter.tif", 2)
-    ('slide 3', 'p.3', 'scanned page 2')
+
+def page_label(doc_id: str, page: int, scanned: bool = False) -> str:
+    """How a citation names its page: slides for presentations, scanned pages for pages read by OCR.
+
+    ``scanned`` is ``Citation.scanned``: OCR text may misread words, so the reader should know.
+
+    >>> page_label("deck.pptx", 3), page_label("report.pdf", 3), page_label("report.pdf", 4, scanned=True)
+    ('slide 3', 'p.3', 'scanned page 4')
     """
     if is_slides(doc_id):
         return f"slide {page}"
-    # Every page of an image is OCR text, which may misread words: the reader should know.
-    if PurePosixPath(doc_id).suffix.lower() in IMAGE_SUFFIXES:
+    if scanned:
         return f"scanned page {page}"
     return f"p.{page}"
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from rag.formats import is_image
 from rag.types import Chunk, DocInfo, Hit
 
 FORMAT_VERSION = 1  # of the manifest and the version folder (rag.store refuses others)
@@ -39,6 +40,9 @@ class DocEntry:
     chunk_ids: tuple[str, ...]
     chars: int
     page_count: int | None = None
+    #: Pages read by OCR (``Document.scanned_pages``), sorted; None in a manifest written before they were
+    #: recorded (the next ``rag ingest`` records them, without re-embedding).
+    scanned_pages: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -69,6 +73,7 @@ class Manifest:
                     "chunk_ids": list(e.chunk_ids),
                     "chars": e.chars,
                     "page_count": e.page_count,
+                    "scanned_pages": None if e.scanned_pages is None else list(e.scanned_pages),
                 }
                 for doc_id, e in sorted(self.documents.items())
             },
@@ -84,6 +89,7 @@ class Manifest:
                 chunk_ids=tuple(str(c) for c in e["chunk_ids"]),
                 chars=int(e["chars"]),
                 page_count=None if e.get("page_count") is None else int(e["page_count"]),
+                scanned_pages=None if e.get("scanned_pages") is None else tuple(int(p) for p in e["scanned_pages"]),
             )
             for doc_id, e in data["documents"].items()
         }
@@ -165,6 +171,20 @@ class Index:
 
     def has_chunk(self, chunk_id: str) -> bool:
         return chunk_id in self._rows
+
+    def is_scanned(self, doc_id: str, page: int | None) -> bool:
+        """Whether ``page`` of ``doc_id`` was read by OCR, so a citation of it says "scanned page".
+
+        Kept per document in the manifest rather than per chunk: one list a document, and the chunks
+        (and an older index's chunks.jsonl) stay as they are. A manifest from before the list was
+        recorded knows only that an image is OCR'd on every page.
+        """
+        entry = self.manifest.documents.get(doc_id)
+        if page is None or entry is None:
+            return False
+        if entry.scanned_pages is None:
+            return is_image(doc_id)
+        return page in entry.scanned_pages
 
     def documents(self) -> list[DocInfo]:
         return [

@@ -14,7 +14,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from rag.errors import IndexFormatError, InputError
 from rag.index import DocEntry, Index, Manifest, resolve_index_type
 from rag.ingest_progress import IngestProgress
 from rag.loaders import load_corpus
+from rag.ocr import OcrOptions
 from rag.settings import Settings
 from rag.store import REBUILD_HINT, current_version, load_index, read_manifest, save_index, writer_lock
 from rag.types import Chunk, Document
@@ -95,7 +96,7 @@ def ingest(
     """
     started = time.perf_counter()
     # Read and validate everything before touching the index folder.
-    docs, warnings = load_corpus(corpus)
+    docs, warnings = load_corpus(corpus, OcrOptions.from_settings(settings))
     chunk_tokens, overlap = chunk_params(settings, embedder)
 
     with writer_lock(index_dir):
@@ -142,14 +143,17 @@ def ingest(
                 rebuild_reason=reason,
             )
 
-        if previous is not None and not fresh and removed == 0:
+        # A manifest written before scanned pages were recorded gets them from the documents just read
+        # (same bytes, same text): a new version, nothing re-embedded.
+        unrecorded = any(reusable[doc_id].scanned_pages is None for doc_id in reuse)
+        if previous is not None and not fresh and removed == 0 and not unrecorded:
             kept = len(previous.chunks)
             if resolve_index_type(settings.index_type, kept, settings.hnsw_threshold) == previous.manifest.index_type:
                 log.info("index %s is up to date", previous.version)
                 return report(previous.version, 0, kept)
 
         manifest, chunks, vectors, embedded = compose(
-            previous, reuse, fresh, embedder, chunk_tokens, overlap, settings, progress=progress
+            previous, reuse, fresh, embedder, chunk_tokens, overlap, settings, progress=progress, read=docs
         )
         index = save_index(index_dir, manifest, chunks, vectors)
         return report(index.version, embedded, len(chunks))
@@ -217,10 +221,12 @@ def compose(
     settings: Settings,
     *,
     progress: bool,
+    read: Sequence[Document] = (),
 ) -> tuple[Manifest, list[Chunk], np.ndarray, int]:
     """Manifest, chunks and vectors for ``reuse`` (taken from ``previous``) plus ``fresh`` (embedded now).
 
-    Returns the number of chunks embedded as the last element.
+    ``read`` are documents just loaded from the corpus: a reused entry whose manifest predates
+    ``DocEntry.scanned_pages`` takes them from there. Returns the number of chunks embedded as the last element.
     """
     if previous is None and reuse:
         raise ValueError("cannot reuse documents without a previous index")
@@ -239,9 +245,12 @@ def compose(
 
     # Gather per-document blocks, then lay them out sorted by document id.
     blocks: dict[str, tuple[DocEntry, list[Chunk], np.ndarray]] = {}
+    loaded = {d.id: d for d in read}
     if previous is not None:
         for doc_id in reuse:
             entry = previous.manifest.documents[doc_id]
+            if entry.scanned_pages is None and doc_id in loaded:
+                entry = replace(entry, scanned_pages=tuple(sorted(loaded[doc_id].scanned_pages)))
             # A document's chunks are contiguous rows (the layout below), so one slice takes them.
             first = previous.row(entry.chunk_ids[0]) if entry.chunk_ids else 0
             rows = slice(first, first + len(entry.chunk_ids))
@@ -254,6 +263,7 @@ def compose(
             chunk_ids=tuple(c.id for c in doc_chunks),
             chars=len(doc.text),
             page_count=len(doc.page_starts) or None,
+            scanned_pages=tuple(sorted(doc.scanned_pages)),
         )
         blocks[doc.id] = (entry, doc_chunks, new_vectors[offset : offset + len(doc_chunks)])
         offset += len(doc_chunks)

@@ -25,6 +25,8 @@ from pathlib import Path, PurePosixPath
 
 from rag import formats, ocr
 from rag.errors import InputError
+from rag.ocr import DEFAULT_OPTIONS as DEFAULT_OCR
+from rag.ocr import OcrOptions
 from rag.types import Document
 
 log = logging.getLogger(__name__)
@@ -54,11 +56,12 @@ _LINE_EDGES = re.compile(r"[ \t]*\n[ \t]*")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 
 
-def load_corpus(root: Path) -> tuple[list[Document], list[str]]:
+def load_corpus(root: Path, ocr_options: OcrOptions = DEFAULT_OCR) -> tuple[list[Document], list[str]]:
     """Every supported document under ``root`` (a folder or a single file), sorted by id.
 
     Returns the documents and human-readable warnings about files that were
     skipped. Raises ``InputError`` when ``root`` is missing or yields no document.
+    ``ocr_options`` come from ``Settings`` (``OcrOptions.from_settings``) for images and scanned pages.
     """
     root = Path(root)
     if not root.exists():
@@ -86,7 +89,7 @@ def load_corpus(root: Path) -> tuple[list[Document], list[str]]:
     documents: list[Document] = []
     for path in candidates:
         try:
-            documents.append(load_file(path, base))
+            documents.append(load_file(path, base, ocr_options))
         except InputError as exc:
             warnings.append(str(exc))
     for warning in warnings:
@@ -105,7 +108,7 @@ def load_corpus(root: Path) -> tuple[list[Document], list[str]]:
     return documents, warnings
 
 
-def load_file(path: Path, root: Path) -> Document:
+def load_file(path: Path, root: Path, ocr_options: OcrOptions = DEFAULT_OCR) -> Document:
     """Read one file; its id is its path relative to ``root`` in posix form.
 
     Raises ``InputError`` (message names the file) when it is unsupported,
@@ -116,17 +119,17 @@ def load_file(path: Path, root: Path) -> Document:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"Skipped {doc_id}: cannot read it ({exc.strerror or exc}).") from exc
-    return _parse(doc_id, str(path.resolve()), data)
+    return _parse(doc_id, str(path.resolve()), data, ocr_options)
 
 
-def load_bytes(doc_id: str, data: bytes) -> Document:
+def load_bytes(doc_id: str, data: bytes, ocr_options: OcrOptions = DEFAULT_OCR) -> Document:
     """Parse uploaded bytes as the document ``doc_id`` (its suffix picks the format).
 
     >>> load_bytes("notes/a.md", b"# Title\\r\\nBody").text
     '# Title\\nBody'
     """
     safe = safe_doc_id(doc_id)
-    return _parse(safe, safe, data)
+    return _parse(safe, safe, data, ocr_options)
 
 
 def safe_doc_id(name: str) -> str:
@@ -174,7 +177,7 @@ def _doc_id(path: Path, root: Path) -> str:
         return path.name
 
 
-def _parse(doc_id: str, path: str, data: bytes) -> Document:
+def _parse(doc_id: str, path: str, data: bytes, ocr_options: OcrOptions) -> Document:
     suffix = PurePosixPath(doc_id).suffix.lower()
     sha = hashlib.sha256(data).hexdigest()
     page_starts: tuple[int, ...] = ()
@@ -184,9 +187,9 @@ def _parse(doc_id: str, path: str, data: bytes) -> Document:
     elif suffix in HTML_SUFFIXES:
         text = html_to_text(_decode(doc_id, data))
     elif suffix in PDF_SUFFIXES:
-        text, page_starts, scanned = _pdf_text(doc_id, data)
+        text, page_starts, scanned = _pdf_text(doc_id, data, ocr_options)
     elif suffix in ocr.IMAGE_SUFFIXES:
-        pages = ocr.image_pages(doc_id, data)
+        pages = ocr.image_pages(doc_id, data, ocr_options)
         text, page_starts = formats.join_pages(pages)
         scanned = frozenset(range(1, len(pages) + 1))
     elif suffix in formats.DOCX_SUFFIXES:
@@ -202,7 +205,8 @@ def _parse(doc_id: str, path: str, data: bytes) -> Document:
     if not text.strip():
         hint = ""
         if suffix in PDF_SUFFIXES | ocr.IMAGE_SUFFIXES:
-            hint = " (OCR found no words either)" if ocr.enabled() else " (a scanned PDF needs OCR: set RAG_OCR=true)"
+            needs = " (a scanned PDF needs OCR: set RAG_OCR=true)"
+            hint = " (OCR found no words either)" if ocr_options.enabled else needs
         raise InputError(f"Skipped {doc_id}: it contains no text{hint}.")
     return Document(id=doc_id, path=path, text=text, sha256=sha, page_starts=page_starts, scanned_pages=scanned)
 
@@ -294,7 +298,7 @@ def html_to_text(markup: str) -> str:
     return body
 
 
-def _pdf_text(doc_id: str, data: bytes) -> tuple[str, tuple[int, ...], frozenset[int]]:
+def _pdf_text(doc_id: str, data: bytes, ocr_options: OcrOptions) -> tuple[str, tuple[int, ...], frozenset[int]]:
     """Pages joined by a blank line, where each page starts, and the pages read by OCR."""
     from pypdf import PdfReader
 
@@ -308,13 +312,13 @@ def _pdf_text(doc_id: str, data: bytes) -> tuple[str, tuple[int, ...], frozenset
     except Exception as exc:  # pypdf raises many types on damaged files; all mean "unreadable"
         raise InputError(f"Skipped {doc_id}: it is not a readable PDF ({type(exc).__name__}: {exc}).") from exc
     blank = [n for n, page in enumerate(pages, start=1) if ocr.needs_ocr(page)]
-    if blank and not ocr.enabled():
+    if blank and not ocr_options.enabled:
         if len(blank) < len(pages):  # all-blank ends as "contains no text" with the same hint
             log.warning("%s: %d page(s) without a text layer skipped: OCR is off (RAG_OCR=false).", doc_id, len(blank))
         blank = []
     scanned: set[int] = set()
     for n in blank:
-        read = _ocr_pdf_page(doc_id, data, n)
+        read = _ocr_pdf_page(doc_id, data, n, ocr_options)
         if read:  # a page OCR finds nothing on keeps its text layer and is not marked
             pages[n - 1] = read
             scanned.add(n)
@@ -322,11 +326,11 @@ def _pdf_text(doc_id: str, data: bytes) -> tuple[str, tuple[int, ...], frozenset
     return text, starts, frozenset(scanned)
 
 
-def _ocr_pdf_page(doc_id: str, data: bytes, page: int) -> str:
+def _ocr_pdf_page(doc_id: str, data: bytes, page: int, ocr_options: OcrOptions) -> str:
     """OCR of one PDF page; a failure is a warning, since the document's other pages still count."""
     try:
         image = ocr.pdf_page_image(data, page - 1)
-        return ocr.read_page(doc_id, page, image)
+        return ocr.read_page(doc_id, page, image, ocr_options)
     except InputError as exc:  # tesseract missing: say so once a page, keep the text layer
         log.warning("%s (page %d)", exc, page)
     except Exception as exc:  # pdfium rejects some pages pypdf read; the page stays as its text layer

@@ -44,7 +44,7 @@ from rag.reading import read_each, read_together
 from rag.rerank import Reranker
 from rag.retrieval import Retrieved, Retriever
 from rag.settings import Settings
-from rag.types import Answer, DocInfo, Hit, Turn
+from rag.types import Answer, Citation, DocInfo, Hit, Turn
 
 log = logging.getLogger(__name__)
 
@@ -269,7 +269,7 @@ class Pipeline:
             "",
             messages,
             read,
-            citations=checked.citations,
+            citations=self._mark_scanned(checked.citations),
             sentences=checked.sentences,
             notes=checked.notes,
             confidence=confidence,
@@ -295,6 +295,11 @@ class Pipeline:
                     self._warmed += 1
                     return True
         return False
+
+    def _mark_scanned(self, citations: Sequence[Citation]) -> tuple[Citation, ...]:
+        """The citations, each saying whether its page was read by OCR (kept per document in the index)."""
+        index = self._retriever.index
+        return tuple(replace(c, scanned=index.is_scanned(c.doc_id, c.page)) for c in citations)
 
     def _together(self, question: str, hits: Sequence[Hit]) -> list[Hit]:
         """The best sentences of the passages within RAG_TOGETHER_TOKENS; [] when that read is off or pointless."""
@@ -343,9 +348,11 @@ class Pipeline:
         from rag.durable import fsync_dir
         from rag.ingest import add_or_update
         from rag.loaders import load_bytes
+        from rag.ocr import OcrOptions
         from rag.store import WRITE_HINT
 
-        doc = load_bytes(filename, data)  # validates type and content before anything is written
+        # Validates type and content before anything is written.
+        doc = load_bytes(filename, data, OcrOptions.from_settings(self.settings))
         corpus = self.settings.corpus_dir
         target = _safe_path(corpus, doc.id)
         with self._lock:

@@ -44,6 +44,7 @@ def citation_to_dict(citation: Citation) -> dict[str, Any]:
         "page": citation.page,
         "span_start": citation.span_start,
         "span_end": citation.span_end,
+        "scanned": citation.scanned,
     }
 
 

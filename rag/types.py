@@ -19,7 +19,7 @@ class Document:
     path: str
     text: str
     sha256: str
-    # Character offset where each page starts (PDF only); page n (1-based) starts at page_starts[n-1].
+    # Character offset where each page starts (PDF, image, .pptx); page n (1-based) starts at page_starts[n-1].
     page_starts: tuple[int, ...] = ()
     # Pages (1-based) whose text came from OCR of the page's image (rag/ocr.py), not a text layer.
     scanned_pages: frozenset[int] = frozenset()
@@ -72,6 +72,8 @@ class Citation:
     page: int | None = None
     span_start: int | None = None
     span_end: int | None = None
+    #: The cited page was read by OCR (an image, or a PDF page without a text layer): "scanned page N".
+    scanned: bool = False
 
 
 @dataclass(frozen=True)

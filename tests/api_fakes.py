@@ -53,7 +53,7 @@ def paragraphs(doc_id: str, text: str) -> list[Chunk]:
     """Chunks at blank lines, with exact offsets: ``text[c.start:c.end] == c.text``."""
     chunks = []
     for n, m in enumerate(re.finditer(r"[^\n]+(?:\n(?!\n)[^\n]+)*", text)):
-        page = n + 1 if doc_id.endswith(".pdf") else None
+        page = n + 1 if doc_id.endswith((".pdf", ".pptx")) else None
         chunks.append(Chunk(f"{doc_id}#{n}", doc_id, m.group(), m.start(), m.end(), page))
     return chunks
 
@@ -66,8 +66,10 @@ class FakePipeline:
         delay: float = 0.0,
         unsupported: str = "",
         fail_with: Exception | None = None,
+        scanned: dict[str, frozenset[int]] | None = None,
     ) -> None:
         self.docs = dict(DOCS if docs is None else docs)
+        self.scanned = dict(scanned or {})  # doc id -> pages read by OCR (their citations say so)
         self.delay = delay  # seconds before each streamed piece
         self.unsupported = unsupported  # an extra sentence the "verifier" rejects
         self.fail_with = fail_with  # raised after the first piece
@@ -127,6 +129,7 @@ class FakePipeline:
             chunk.page,
             span_start,
             span_start + len(quote),
+            chunk.page in self.scanned.get(chunk.doc_id, frozenset()),
         )
         sentences = [Sentence(f"{quote} [1]", (1,), True, 1.0)]
         text = f"{quote} [1]"

@@ -44,12 +44,26 @@ def real_settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="session")
-def real_pipeline(real_settings: Settings) -> Iterator[Any]:
-    """The real embedder and generator, loaded once for every slow test that needs them."""
+def real_embedder(real_settings: Settings) -> Any:
+    """The real embedder, loaded once for every slow test that needs it."""
     from rag.embedding import load_embedder
+
+    return load_embedder(real_settings)
+
+
+@pytest.fixture(scope="session")
+def real_generator(real_settings: Settings) -> Any:
+    """The real generator, loaded once for every slow test that needs it."""
+    from rag.generation import load_generator
+
+    return load_generator(real_settings)
+
+
+@pytest.fixture(scope="session")
+def real_pipeline(real_settings: Settings, real_embedder: Any, real_generator: Any) -> Iterator[Any]:
+    """The real embedder and generator over seeds/, shared by every slow test that asks about it."""
     from rag.ingest import ingest
     from rag.pipeline import build_pipeline
 
-    embedder = load_embedder(real_settings)
-    ingest(real_settings.corpus_dir, real_settings.index_dir, embedder, real_settings, progress=False)
-    yield build_pipeline(real_settings, embedder=embedder)
+    ingest(real_settings.corpus_dir, real_settings.index_dir, real_embedder, real_settings, progress=False)
+    yield build_pipeline(real_settings, embedder=real_embedder, generator=real_generator)

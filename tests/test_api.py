@@ -70,6 +70,7 @@ def assert_same_citations(sent: Any, citations: Sequence[Citation]) -> None:
             "page": c.page,
             "span_start": c.span_start,
             "span_end": c.span_end,
+            "scanned": c.scanned,
         }
         for c in citations
     ]

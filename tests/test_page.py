@@ -94,6 +94,31 @@ def test_answer_streams_then_citation_opens_highlighted_passage(page: Page, site
     expect(passage).to_be_hidden()
 
 
+def test_sources_name_slides_scanned_pages_and_pages(page: Page, tmp_path: Path) -> None:
+    tower, office, pier = (
+        "The bell tower was repaired by the Lombardi brothers.",
+        "The harbour office keeps the ferry timetable.",
+        "The Capri ferry leaves from Pier 7.",
+    )
+    docs = {"report.pdf": f"{office}\n\n{tower}", "deck.pptx": f"Winter timetable.\n\n{pier}"}
+    # The fake numbers the paragraphs of a PDF (and the slides of a deck) as pages; page 2 of the PDF was read by OCR.
+    fake = FakePipeline(docs, scanned={"report.pdf": frozenset({2})})
+
+    def chars(doc_id: str, passage: str) -> str:
+        start = docs[doc_id].index(passage)
+        return f"{doc_id} · chars {start}–{start + len(passage)}"
+
+    with running_site(tmp_path, fake) as site:
+        page.goto(site.url)
+        for question, shown in [
+            ("Who repaired the bell tower?", f"{chars('report.pdf', tower)}, scanned page 2"),
+            ("Who keeps the ferry timetable office?", f"{chars('report.pdf', office)}, page 1"),
+            ("Which pier does the Capri ferry leave from?", f"{chars('deck.pptx', pier)}, slide 2"),
+        ]:
+            ask(page, question)
+            expect(page.locator(".msg.assistant").last.locator("ol.sources li")).to_have_text("[1] " + shown)
+
+
 def test_follow_up_sends_the_conversation_history(page: Page, site: Site) -> None:
     site.fake.delay = 0
     page.goto(site.url)

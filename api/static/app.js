@@ -365,8 +365,8 @@ function renderAnswer(reply, answer) {
 function position(citation) {
   let text = "chars " + citation.start + "–" + citation.end;
   if (citation.page !== null && citation.page !== undefined) {
-    // A presentation's pages are its slides, an image's are scanned (rag/formats.py page_label says the same).
-    text += (/\.pptx$/i.test(citation.doc_id) ? ", slide " : /\.(png|jpe?g|tiff?)$/i.test(citation.doc_id) ? ", scanned page " : ", page ") + citation.page;
+    // A presentation's pages are its slides; a page read by OCR says so (rag/formats.py page_label says the same).
+    text += (/\.pptx$/i.test(citation.doc_id) ? ", slide " : citation.scanned ? ", scanned page " : ", page ") + citation.page;
   }
   return text;
 }

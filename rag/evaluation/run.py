@@ -114,9 +114,10 @@ def _eval_settings(options: EvalOptions, settings: Settings) -> Settings:
     return settings.model_copy(update={"corpus_dir": corpus, "index_dir": index_dir})
 
 
-def _document_texts(corpus: Path, items: Sequence[GoldItem]) -> dict[str, str]:
-    """``Document.text`` of every document the gold set names (same loader as ingest, same offsets)."""
+def _document_texts(corpus: Path, items: Sequence[GoldItem], settings: Settings) -> dict[str, str]:
+    """``Document.text`` of every document the gold set names (same loader and OCR settings as ingest, same offsets)."""
     from rag.loaders import load_file
+    from rag.ocr import OcrOptions
 
     if not corpus.is_dir():
         raise InputError(f"Corpus folder does not exist: {corpus}. Pass --corpus DIR.")
@@ -125,7 +126,7 @@ def _document_texts(corpus: Path, items: Sequence[GoldItem]) -> dict[str, str]:
         path = corpus / doc_id
         if not path.is_file():
             raise InputError(f"The gold set cites {doc_id!r}, which is not in the corpus {corpus}. Pass --corpus DIR.")
-        texts[doc_id] = load_file(path, corpus).text
+        texts[doc_id] = load_file(path, corpus, OcrOptions.from_settings(settings)).text
     return texts
 
 
@@ -156,7 +157,7 @@ def run_eval(
         items = items[: options.limit]
     thresholds = load_thresholds(options.thresholds)
     settings = _eval_settings(options, settings)
-    doc_texts = _document_texts(Path(settings.corpus_dir), items)
+    doc_texts = _document_texts(Path(settings.corpus_dir), items, settings)
     missing = [i.id for i in items if i.answerable and find_evidence(doc_texts[i.doc_id or ""], i.evidence) is None]
     if missing:
         print(f"warning: evidence not found verbatim for {', '.join(missing)}; only containment counts there",
