@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import shutil
+import time
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from rag import ocr
 from rag.chunking import chunk_document
@@ -95,16 +97,14 @@ def test_the_ocr_defaults_are_the_settings_defaults() -> None:
 def test_ingest_and_uploads_take_the_ocr_settings_they_are_given_not_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import pytesseract
+    real = ocr._tesseract
+    seen: list[tuple[str, float]] = []
 
-    real = pytesseract.image_to_string
-    seen: list[tuple[object, object]] = []
+    def recording(png: bytes, languages: str, timeout_s: float) -> str:
+        seen.append((languages, timeout_s))
+        return real(png, languages, timeout_s)
 
-    def recording(image: Image.Image, **kwargs: object) -> str:
-        seen.append((kwargs.get("lang"), kwargs.get("timeout")))
-        return str(real(image, **kwargs))  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pytesseract, "image_to_string", recording)
+    monkeypatch.setattr(ocr, "_tesseract", recording)
     # The environment says the opposite of the settings passed in: it must not matter.
     monkeypatch.setenv("RAG_OCR", "false")
     monkeypatch.setenv("RAG_OCR_TIMEOUT_S", "1")
@@ -126,33 +126,55 @@ def test_ingest_and_uploads_take_the_ocr_settings_they_are_given_not_the_environ
     assert not (corpus / "notice.png").exists() and len(seen) == 1
 
 
+def fake_tesseract(folder: Path, script: str) -> None:
+    """Put a ``tesseract`` shell script first on PATH (the real one is still found as /usr/bin/tesseract)."""
+    path = folder / "tesseract"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+
+
+def test_tesseract_alone_runs_on_one_openmp_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
+    fake_tesseract(tmp_path, 'echo "limit=${OMP_THREAD_LIMIT:-none} args=$*"\n')
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    text = ocr.read_page("a.png", 1, page_image(LINES), ocr.OcrOptions(languages="eng+deu"))
+    assert text == "limit=1 args=stdin stdout -l eng+deu"
+    assert "OMP_THREAD_LIMIT" not in os.environ  # llama.cpp's threads in this process keep their default
+
+
 def test_a_page_that_times_out_is_one_warning_and_the_rest_is_read(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import pytesseract
-
-    real = pytesseract.image_to_string
-    calls = iter([RuntimeError("Tesseract process timeout"), None])
-
-    def first_page_times_out(image: Image.Image, **kwargs: object) -> str:
-        failure = next(calls)
-        if failure is not None:
-            raise failure
-        return str(real(image, **kwargs))  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pytesseract, "image_to_string", first_page_times_out)
+    real = shutil.which("tesseract")
+    assert real is not None
+    # The first page hangs (and is killed at the time limit); the next ones go to the real tesseract.
+    marker = tmp_path / "hung-once"
+    fake_tesseract(tmp_path, f'[ -e {marker} ] || {{ touch {marker}; exec sleep 30; }}\nexec {real} "$@"\n')
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     first, second = page_image(["Mount Etna erupted"]), page_image(["Lava reached the sea"])
+    started = time.perf_counter()
     with caplog.at_level(logging.WARNING):
-        doc = load_bytes("scan.tif", encode(first, "TIFF", save_all=True, append_images=[second]))
+        doc = load_bytes(
+            "scan.tif", encode(first, "TIFF", save_all=True, append_images=[second]), ocr.OcrOptions(timeout_s=1.5)
+        )
+    assert time.perf_counter() - started < 25  # the hung page was killed, not waited for
     assert "Etna" not in doc.text and "Lava reached the sea" in doc.text and doc.page_at(doc.text.index("Lava")) == 2
     timeouts = [r.getMessage() for r in caplog.records if "RAG_OCR_TIMEOUT_S" in r.getMessage()]
-    assert len(timeouts) == 1 and "scan.tif page 1" in timeouts[0]
+    assert len(timeouts) == 1 and "scan.tif page 1" in timeouts[0] and "(1.5 s)" in timeouts[0]
 
 
-def test_missing_tesseract_is_one_line_naming_apt_get(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pytesseract
+def test_a_tesseract_error_is_a_warning_with_its_message(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        text = ocr.read_page("a.png", 3, page_image(LINES), ocr.OcrOptions(languages="nosuchlanguage"))
+    assert text == ""
+    (message,) = [r.getMessage() for r in caplog.records if "a.png page 3" in r.getMessage()]
+    assert "failed (tesseract exit" in message and "nosuchlanguage" in message and "left out" in message
 
-    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+
+def test_missing_tesseract_is_one_line_naming_apt_get(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no tesseract on PATH
     with pytest.raises(InputError, match=r"apt-get install tesseract-ocr") as caught:
         load_bytes("etna.png", encode(page_image(LINES), "PNG"))
     assert "\n" not in str(caught.value)
