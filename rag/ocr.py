@@ -127,8 +127,14 @@ def _tesseract(png: bytes, languages: str, timeout_s: float) -> str:
 
 
 def _frames(image: Image.Image) -> Iterator[Image.Image]:
-    """Every frame, fully decoded (a truncated file fails here, not halfway through OCR)."""
+    """Every frame, fully decoded (a truncated file fails here, not halfway through OCR), on white.
+
+    A transparent pixel is often black under its alpha (a screenshot's background): plain
+    ``convert("RGB")`` would leave black text on black, so transparency is laid on white.
+    """
     for index in range(getattr(image, "n_frames", 1)):
         image.seek(index)
-        frame = image.convert("RGB")  # convert() loads the pixels and copies the frame
-        yield frame
+        frame = image.convert("RGBA")  # convert() loads the pixels and copies the frame
+        page = Image.new("RGB", frame.size, (255, 255, 255))
+        page.paste(frame, (0, 0), frame.getchannel("A"))
+        yield page

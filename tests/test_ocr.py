@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from rag import ocr
 from rag.chunking import chunk_document
@@ -178,6 +179,15 @@ def test_missing_tesseract_is_one_line_naming_apt_get(monkeypatch: pytest.Monkey
     with pytest.raises(InputError, match=r"apt-get install tesseract-ocr") as caught:
         load_bytes("etna.png", encode(page_image(LINES), "PNG"))
     assert "\n" not in str(caught.value)
+
+
+def test_a_transparent_png_is_read_on_white() -> None:
+    # Black text on fully transparent black, as screenshots often are: black on black once the alpha is dropped.
+    mask = page_image(LINES).convert("L").point(lambda v: 255 - v)
+    image = Image.new("RGBA", mask.size, (0, 0, 0, 0))
+    image.putalpha(mask)
+    doc = load_bytes("screenshot.png", encode(image, "PNG"))
+    assert "Mount Etna erupted again" in doc.text
 
 
 @pytest.mark.parametrize(
