@@ -32,6 +32,7 @@ RENDER_DPI = 250
 MIN_TEXT_LAYER_CHARS = 4
 INSTALL_HINT = "install it with `apt-get install tesseract-ocr tesseract-ocr-eng`"
 TESSERACT = "tesseract"  # looked up on PATH
+OCR_OFF = "off"  # OcrOptions.signature when OCR is off
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,18 @@ class OcrOptions:
     @classmethod
     def from_settings(cls, settings: Settings) -> OcrOptions:
         return cls(enabled=settings.ocr, languages=settings.ocr_languages, timeout_s=settings.ocr_timeout_s)
+
+    @property
+    def signature(self) -> str:
+        """What decides the text of a page without a text layer: the languages, or "off" (``Document.ocr``).
+
+        The time limit is left out on purpose: a page that timed out stays out until its file changes
+        or ``rag ingest --rebuild``, rather than every file being read again when the limit moves.
+
+        >>> OcrOptions(languages="eng+deu").signature, OcrOptions(enabled=False).signature
+        ('eng+deu', 'off')
+        """
+        return self.languages if self.enabled else OCR_OFF
 
 
 DEFAULT_OPTIONS = OcrOptions()
