@@ -43,6 +43,9 @@ class DocEntry:
     #: Pages read by OCR (``Document.scanned_pages``), sorted; None in a manifest written before they were
     #: recorded (the next ``rag ingest`` records them, without re-embedding).
     scanned_pages: tuple[int, ...] | None = None
+    #: ``Document.ocr``: the OCR options its text was read with ("" if no page needed OCR); None in a manifest
+    #: written before it was recorded (the next ``rag ingest`` records it, without re-embedding).
+    ocr: str | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +77,7 @@ class Manifest:
                     "chars": e.chars,
                     "page_count": e.page_count,
                     "scanned_pages": None if e.scanned_pages is None else list(e.scanned_pages),
+                    "ocr": e.ocr,
                 }
                 for doc_id, e in sorted(self.documents.items())
             },
@@ -90,6 +94,7 @@ class Manifest:
                 chars=int(e["chars"]),
                 page_count=None if e.get("page_count") is None else int(e["page_count"]),
                 scanned_pages=None if e.get("scanned_pages") is None else tuple(int(p) for p in e["scanned_pages"]),
+                ocr=None if e.get("ocr") is None else str(e["ocr"]),
             )
             for doc_id, e in data["documents"].items()
         }

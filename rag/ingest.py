@@ -1,8 +1,9 @@
 """Ingest stage: corpus folder -> index on disk, incrementally.
 
-Documents are matched by id (path in the corpus) and content hash: unchanged
-documents keep their chunks and vectors, new and changed ones are chunked and
-embedded in one batch, deleted ones disappear. Every write goes through
+Documents are matched by id (path in the corpus), content hash and OCR options
+(``Document.ocr``): unchanged documents keep their chunks and vectors without
+being parsed again (their files are only hashed), new and changed ones are
+chunked and embedded in one batch, deleted ones disappear. Every write goes through
 ``store.save_index`` (a new version, switched atomically) under the writer
 lock, so the CLI and HTTP uploads can run side by side. The progress shown while
 documents are embedded is ``rag.ingest_progress``'s.
@@ -25,7 +26,7 @@ from rag.embedding import Embedder
 from rag.errors import IndexFormatError, InputError
 from rag.index import DocEntry, Index, Manifest, resolve_index_type
 from rag.ingest_progress import IngestProgress
-from rag.loaders import load_corpus
+from rag.loaders import Known, read_corpus
 from rag.ocr import OcrOptions
 from rag.settings import Settings
 from rag.store import REBUILD_HINT, current_version, load_index, read_manifest, save_index, writer_lock
@@ -95,9 +96,11 @@ def ingest(
     ``IndexFormatError`` for an unreadable existing index unless ``rebuild``.
     """
     started = time.perf_counter()
-    # Read and validate everything before touching the index folder.
-    docs, warnings = load_corpus(corpus, OcrOptions.from_settings(settings))
     chunk_tokens, overlap = chunk_params(settings, embedder)
+    # Read and validate everything before touching the index folder; a file the index holds is only hashed.
+    known = {} if rebuild else known_documents(index_dir, embedder, chunk_tokens, overlap)
+    read = read_corpus(corpus, OcrOptions.from_settings(settings), known)
+    docs, warnings = read.documents, read.warnings
 
     with writer_lock(index_dir):
         previous: Index | None = None
@@ -117,14 +120,22 @@ def ingest(
         if reason:
             log.warning("re-embedding every document: %s", reason)
 
-        corpus_ids = {d.id for d in docs}
-        added = sum(1 for d in docs if d.id not in old_docs)
-        updated = sum(1 for d in docs if d.id in old_docs and old_docs[d.id].sha256 != d.sha256)
-        unchanged = len(docs) - added - updated
-        removed = sum(1 for doc_id in old_docs if doc_id not in corpus_ids)
-
         reusable = previous.manifest.documents if previous is not None else {}
-        reuse = [d.id for d in docs if d.id in reusable and reusable[d.id].sha256 == d.sha256]
+        # Files left unparsed that this index cannot reuse after all (it was rebuilt or changed since they
+        # were compared with it): read them now.
+        late = [i for i, k in read.unchanged.items() if not _holds(reusable.get(i), k.sha256, k.ocr, migrated=True)]
+        if late:
+            more, late_warnings = read.read(late)
+            docs, warnings = sorted([*docs, *more], key=lambda d: d.id), [*warnings, *late_warnings]
+        files = {d.id: (d.sha256, d.ocr) for d in docs} | {
+            i: (k.sha256, k.ocr) for i, k in read.unchanged.items() if i not in late
+        }
+        added = sum(1 for doc_id in files if doc_id not in old_docs)
+        updated = sum(1 for doc_id in files if doc_id in old_docs and not _holds(old_docs[doc_id], *files[doc_id]))
+        unchanged = len(files) - added - updated
+        removed = sum(1 for doc_id in old_docs if doc_id not in files)
+
+        reuse = [doc_id for doc_id in sorted(files) if _holds(reusable.get(doc_id), *files[doc_id])]
         reuse_set = set(reuse)
         fresh = [d for d in docs if d.id not in reuse_set]
 
@@ -136,16 +147,16 @@ def ingest(
                 unchanged=unchanged,
                 chunks_embedded=embedded,
                 chunks_total=chunks_total,
-                documents_total=len(docs),
+                documents_total=len(files),
                 index_version=index_version,
                 seconds=round(time.perf_counter() - started, 3),
                 warnings=tuple(warnings),
                 rebuild_reason=reason,
             )
 
-        # A manifest written before scanned pages were recorded gets them from the documents just read
-        # (same bytes, same text): a new version, nothing re-embedded.
-        unrecorded = any(reusable[doc_id].scanned_pages is None for doc_id in reuse)
+        # A manifest written before scanned pages (or OCR options) were recorded gets them from the documents
+        # just read (same bytes, same text): a new version, nothing re-embedded.
+        unrecorded = any(reusable[doc_id].scanned_pages is None or reusable[doc_id].ocr is None for doc_id in reuse)
         if previous is not None and not fresh and removed == 0 and not unrecorded:
             kept = len(previous.chunks)
             if resolve_index_type(settings.index_type, kept, settings.hnsw_threshold) == previous.manifest.index_type:
@@ -172,8 +183,7 @@ def add_or_update(index_dir: Path, doc: Document, embedder: Embedder, settings: 
             reason = incompatibility(previous.manifest, embedder, chunk_tokens, overlap)
             if reason:
                 raise IndexFormatError(f"Cannot add {doc.id} to the index in {index_dir}: {reason}; {REBUILD_HINT}.")
-            entry = previous.manifest.documents.get(doc.id)
-            if entry is not None and entry.sha256 == doc.sha256:
+            if _holds(previous.manifest.documents.get(doc.id), doc.sha256, doc.ocr):
                 return previous
         reuse = [d for d in (previous.manifest.documents if previous else {}) if d != doc.id]
         manifest, chunks, vectors, _ = compose(
@@ -194,6 +204,41 @@ def remove(index_dir: Path, doc_id: str, settings: Settings, *, embedder_id: str
             previous, reuse, [], None, m.chunk_tokens, m.overlap_tokens, settings, progress=False
         )
         return save_index(index_dir, manifest, chunks, vectors)
+
+
+def known_documents(index_dir: Path, embedder: Embedder, chunk_tokens: int, overlap: int) -> dict[str, Known]:
+    """What the live index holds that an ingest may reuse without parsing the file again; {} if nothing.
+
+    Read without the writer lock (a manifest is switched atomically): ``ingest`` checks again under the
+    lock and parses whatever no longer matches. Entries from before ``DocEntry.scanned_pages`` or
+    ``DocEntry.ocr`` were recorded are left out: the document itself fills them in.
+    """
+    try:
+        if current_version(index_dir) is None:
+            return {}
+        manifest = read_manifest(index_dir)
+    except IndexFormatError:
+        return {}  # the ingest says what is wrong, under the lock
+    if incompatibility(manifest, embedder, chunk_tokens, overlap) is not None:
+        return {}  # every document is embedded again, so every file is read
+    return {
+        doc_id: Known(e.sha256, e.ocr)
+        for doc_id, e in manifest.documents.items()
+        if e.scanned_pages is not None and e.ocr is not None
+    }
+
+
+def _holds(entry: DocEntry | None, sha256: str, ocr: str, *, migrated: bool = False) -> bool:
+    """Whether an index entry holds the document with these bytes and ``Document.ocr``.
+
+    An entry from before the OCR options were recorded is taken to hold it (as before they were), unless
+    ``migrated`` asks for an entry with every field recorded (a file left unparsed cannot fill them in).
+    """
+    if entry is None or entry.sha256 != sha256:
+        return False
+    if entry.ocr is None or entry.scanned_pages is None:
+        return not migrated
+    return entry.ocr == ocr
 
 
 def incompatibility(manifest: Manifest, embedder: Embedder, chunk_tokens: int, overlap: int) -> str | None:
@@ -226,7 +271,8 @@ def compose(
     """Manifest, chunks and vectors for ``reuse`` (taken from ``previous``) plus ``fresh`` (embedded now).
 
     ``read`` are documents just loaded from the corpus: a reused entry whose manifest predates
-    ``DocEntry.scanned_pages`` takes them from there. Returns the number of chunks embedded as the last element.
+    ``DocEntry.scanned_pages`` or ``DocEntry.ocr`` takes them from there. Returns the number of chunks
+    embedded as the last element.
     """
     if previous is None and reuse:
         raise ValueError("cannot reuse documents without a previous index")
@@ -249,8 +295,9 @@ def compose(
     if previous is not None:
         for doc_id in reuse:
             entry = previous.manifest.documents[doc_id]
-            if entry.scanned_pages is None and doc_id in loaded:
-                entry = replace(entry, scanned_pages=tuple(sorted(loaded[doc_id].scanned_pages)))
+            if (entry.scanned_pages is None or entry.ocr is None) and doc_id in loaded:
+                doc = loaded[doc_id]
+                entry = replace(entry, scanned_pages=tuple(sorted(doc.scanned_pages)), ocr=doc.ocr)
             # A document's chunks are contiguous rows (the layout below), so one slice takes them.
             first = previous.row(entry.chunk_ids[0]) if entry.chunk_ids else 0
             rows = slice(first, first + len(entry.chunk_ids))
@@ -264,6 +311,7 @@ def compose(
             chars=len(doc.text),
             page_count=len(doc.page_starts) or None,
             scanned_pages=tuple(sorted(doc.scanned_pages)),
+            ocr=doc.ocr,
         )
         blocks[doc.id] = (entry, doc_chunks, new_vectors[offset : offset + len(doc_chunks)])
         offset += len(doc_chunks)

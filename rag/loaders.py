@@ -10,6 +10,10 @@ pages without a text layer, read by Tesseract and listed in
 cannot be read becomes a warning naming the file and the reason; one bad file
 never stops an ingest of a thousand good ones.
 
+``read_corpus`` is told what the index already holds (``Known``: each document's
+hash and OCR options): a file with the same bytes costs only its hash, so an
+ingest of an unchanged folder never parses, nor OCRs, anything again.
+
 Texts are normalized once here (``\\r\\n`` -> ``\\n``), and every later offset
 (chunks, citations) refers to ``Document.text`` as produced here.
 """
@@ -21,6 +25,8 @@ import io
 import logging
 import os
 import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 
 from rag import formats, ocr
@@ -56,13 +62,66 @@ _LINE_EDGES = re.compile(r"[ \t]*\n[ \t]*")
 _MANY_NEWLINES = re.compile(r"\n{3,}")
 
 
+@dataclass(frozen=True)
+class Known:
+    """What the index holds of a document: the sha256 of its file's bytes and its ``Document.ocr``."""
+
+    sha256: str
+    ocr: str
+
+    def holds(self, sha256: str, ocr_options: OcrOptions) -> bool:
+        """Whether a file with these bytes, read with these OCR options, would give the text held.
+
+        >>> Known("ab", "eng").holds("ab", OcrOptions()), Known("ab", "eng").holds("ab", OcrOptions(languages="deu"))
+        (True, False)
+        >>> Known("ab", "").holds("ab", OcrOptions(enabled=False))  # no page of it needed OCR
+        True
+        """
+        return self.sha256 == sha256 and self.ocr in ("", ocr_options.signature)
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """A corpus folder as read: the documents parsed, the files the index already holds, the warnings."""
+
+    base: Path
+    ocr_options: OcrOptions
+    documents: list[Document]
+    #: Files left unparsed because ``known`` held the same bytes (and OCR options): doc id -> what matched.
+    unchanged: dict[str, Known] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def read(self, doc_ids: Iterable[str]) -> tuple[list[Document], list[str]]:
+        """Parse files left unparsed after all (the index changed meanwhile); warnings for the bad ones."""
+        documents: list[Document] = []
+        warnings: list[str] = []
+        for doc_id in doc_ids:
+            try:
+                documents.append(load_file(self.base / doc_id, self.base, self.ocr_options))
+            except InputError as exc:
+                warnings.append(str(exc))
+                log.warning("%s", exc)
+        return documents, warnings
+
+
 def load_corpus(root: Path, ocr_options: OcrOptions = DEFAULT_OCR) -> tuple[list[Document], list[str]]:
+    """Every supported document under ``root`` (a folder or a single file), sorted by id, and the warnings.
+
+    ``read_corpus`` without an index to compare with.
+    """
+    corpus = read_corpus(root, ocr_options)
+    return corpus.documents, corpus.warnings
+
+
+def read_corpus(root: Path, ocr_options: OcrOptions = DEFAULT_OCR, known: Mapping[str, Known] | None = None) -> Corpus:
     """Every supported document under ``root`` (a folder or a single file), sorted by id.
 
-    Returns the documents and human-readable warnings about files that were
-    skipped. Raises ``InputError`` when ``root`` is missing or yields no document.
+    A file whose bytes (and OCR options) ``known`` holds is hashed only, and listed in
+    ``Corpus.unchanged`` instead of parsed. Warnings name the files that were skipped.
+    Raises ``InputError`` when ``root`` is missing or yields no document.
     ``ocr_options`` come from ``Settings`` (``OcrOptions.from_settings``) for images and scanned pages.
     """
+    known = known or {}
     root = Path(root)
     if not root.exists():
         raise InputError(
@@ -87,15 +146,22 @@ def load_corpus(root: Path, ocr_options: OcrOptions = DEFAULT_OCR) -> tuple[list
 
     candidates = [f for f in files if f.suffix.lower() in SUPPORTED_SUFFIXES]
     documents: list[Document] = []
+    unchanged: dict[str, Known] = {}
     for path in candidates:
+        doc_id = _doc_id(path, base)
         try:
-            documents.append(load_file(path, base, ocr_options))
+            data = _read_bytes(doc_id, path)
+            held = known.get(doc_id)
+            if held is not None and held.holds(hashlib.sha256(data).hexdigest(), ocr_options):
+                unchanged[doc_id] = held
+            else:
+                documents.append(_parse(doc_id, str(path.resolve()), data, ocr_options))
         except InputError as exc:
             warnings.append(str(exc))
     for warning in warnings:
         log.warning("%s", warning)
 
-    if not documents:
+    if not documents and not unchanged:
         if not candidates:
             raise InputError(
                 f"No documents to index in {root}: found no {SUPPORTED_HUMAN} files "
@@ -105,7 +171,7 @@ def load_corpus(root: Path, ocr_options: OcrOptions = DEFAULT_OCR) -> tuple[list
             f"None of the {len(candidates)} supported file(s) in {root} could be read: " + " ".join(warnings)
         )
     documents.sort(key=lambda d: d.id)
-    return documents, warnings
+    return Corpus(base, ocr_options, documents, unchanged, warnings)
 
 
 def load_file(path: Path, root: Path, ocr_options: OcrOptions = DEFAULT_OCR) -> Document:
@@ -115,11 +181,14 @@ def load_file(path: Path, root: Path, ocr_options: OcrOptions = DEFAULT_OCR) -> 
     not text, unparseable or empty.
     """
     doc_id = _doc_id(path, root)
+    return _parse(doc_id, str(path.resolve()), _read_bytes(doc_id, path), ocr_options)
+
+
+def _read_bytes(doc_id: str, path: Path) -> bytes:
     try:
-        data = path.read_bytes()
+        return path.read_bytes()
     except OSError as exc:
         raise InputError(f"Skipped {doc_id}: cannot read it ({exc.strerror or exc}).") from exc
-    return _parse(doc_id, str(path.resolve()), data, ocr_options)
 
 
 def load_bytes(doc_id: str, data: bytes, ocr_options: OcrOptions = DEFAULT_OCR) -> Document:
@@ -182,16 +251,17 @@ def _parse(doc_id: str, path: str, data: bytes, ocr_options: OcrOptions) -> Docu
     sha = hashlib.sha256(data).hexdigest()
     page_starts: tuple[int, ...] = ()
     scanned: frozenset[int] = frozenset()
+    needed_ocr = False  # whether some page had no text layer, so the text depends on the OCR options
     if suffix in TEXT_SUFFIXES:
         text = _normalize_newlines(_decode(doc_id, data))
     elif suffix in HTML_SUFFIXES:
         text = html_to_text(_decode(doc_id, data))
     elif suffix in PDF_SUFFIXES:
-        text, page_starts, scanned = _pdf_text(doc_id, data, ocr_options)
+        text, page_starts, scanned, needed_ocr = _pdf_text(doc_id, data, ocr_options)
     elif suffix in ocr.IMAGE_SUFFIXES:
         pages = ocr.image_pages(doc_id, data, ocr_options)
         text, page_starts = formats.join_pages(pages)
-        scanned = frozenset(range(1, len(pages) + 1))
+        scanned, needed_ocr = frozenset(range(1, len(pages) + 1)), True
     elif suffix in formats.DOCX_SUFFIXES:
         text = formats.docx_text(doc_id, data)
     elif suffix in formats.PPTX_SUFFIXES:
@@ -208,7 +278,15 @@ def _parse(doc_id: str, path: str, data: bytes, ocr_options: OcrOptions) -> Docu
             needs = " (a scanned PDF needs OCR: set RAG_OCR=true)"
             hint = " (OCR found no words either)" if ocr_options.enabled else needs
         raise InputError(f"Skipped {doc_id}: it contains no text{hint}.")
-    return Document(id=doc_id, path=path, text=text, sha256=sha, page_starts=page_starts, scanned_pages=scanned)
+    return Document(
+        id=doc_id,
+        path=path,
+        text=text,
+        sha256=sha,
+        page_starts=page_starts,
+        scanned_pages=scanned,
+        ocr=ocr_options.signature if needed_ocr else "",
+    )
 
 
 def _decode(doc_id: str, data: bytes) -> str:
@@ -298,8 +376,8 @@ def html_to_text(markup: str) -> str:
     return body
 
 
-def _pdf_text(doc_id: str, data: bytes, ocr_options: OcrOptions) -> tuple[str, tuple[int, ...], frozenset[int]]:
-    """Pages joined by a blank line, where each page starts, and the pages read by OCR."""
+def _pdf_text(doc_id: str, data: bytes, ocr_options: OcrOptions) -> tuple[str, tuple[int, ...], frozenset[int], bool]:
+    """Pages joined by a blank line, where each page starts, the pages read by OCR, and whether any page needed it."""
     from pypdf import PdfReader
 
     try:
@@ -312,6 +390,7 @@ def _pdf_text(doc_id: str, data: bytes, ocr_options: OcrOptions) -> tuple[str, t
     except Exception as exc:  # pypdf raises many types on damaged files; all mean "unreadable"
         raise InputError(f"Skipped {doc_id}: it is not a readable PDF ({type(exc).__name__}: {exc}).") from exc
     blank = [n for n, page in enumerate(pages, start=1) if ocr.needs_ocr(page)]
+    needed = bool(blank)
     if blank and not ocr_options.enabled:
         if len(blank) < len(pages):  # all-blank ends as "contains no text" with the same hint
             log.warning("%s: %d page(s) without a text layer skipped: OCR is off (RAG_OCR=false).", doc_id, len(blank))
@@ -323,7 +402,7 @@ def _pdf_text(doc_id: str, data: bytes, ocr_options: OcrOptions) -> tuple[str, t
             pages[n - 1] = read
             scanned.add(n)
     text, starts = formats.join_pages(pages)
-    return text, starts, frozenset(scanned)
+    return text, starts, frozenset(scanned), needed
 
 
 def _ocr_pdf_page(doc_id: str, data: bytes, page: int, ocr_options: OcrOptions) -> str:

@@ -23,6 +23,9 @@ class Document:
     page_starts: tuple[int, ...] = ()
     # Pages (1-based) whose text came from OCR of the page's image (rag/ocr.py), not a text layer.
     scanned_pages: frozenset[int] = frozenset()
+    # The OCR options its text depends on (``OcrOptions.signature``: the languages, or "off") when some page
+    # had no text layer; "" when none needed OCR. Another value on a later ingest means the text may differ.
+    ocr: str = ""
 
     def page_at(self, offset: int) -> int | None:
         """1-based page holding ``offset``, or None for documents without pages.

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import shutil
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from PIL import Image
@@ -15,7 +19,7 @@ from rag.chunking import chunk_document
 from rag.errors import InputError
 from rag.formats import page_label
 from rag.generation import Message
-from rag.ingest import ingest
+from rag.ingest import add_or_update, ingest
 from rag.loaders import load_bytes, load_corpus
 from rag.pipeline import Pipeline
 from rag.serialization import citation_to_dict
@@ -95,16 +99,14 @@ def test_the_ocr_defaults_are_the_settings_defaults() -> None:
 def test_ingest_and_uploads_take_the_ocr_settings_they_are_given_not_the_environment(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    import pytesseract
+    real = ocr._tesseract
+    seen: list[tuple[str, float]] = []
 
-    real = pytesseract.image_to_string
-    seen: list[tuple[object, object]] = []
+    def recording(png: bytes, languages: str, timeout_s: float) -> str:
+        seen.append((languages, timeout_s))
+        return real(png, languages, timeout_s)
 
-    def recording(image: Image.Image, **kwargs: object) -> str:
-        seen.append((kwargs.get("lang"), kwargs.get("timeout")))
-        return str(real(image, **kwargs))  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pytesseract, "image_to_string", recording)
+    monkeypatch.setattr(ocr, "_tesseract", recording)
     # The environment says the opposite of the settings passed in: it must not matter.
     monkeypatch.setenv("RAG_OCR", "false")
     monkeypatch.setenv("RAG_OCR_TIMEOUT_S", "1")
@@ -126,36 +128,67 @@ def test_ingest_and_uploads_take_the_ocr_settings_they_are_given_not_the_environ
     assert not (corpus / "notice.png").exists() and len(seen) == 1
 
 
+def fake_tesseract(folder: Path, script: str) -> None:
+    """Put a ``tesseract`` shell script first on PATH (the real one is still found as /usr/bin/tesseract)."""
+    path = folder / "tesseract"
+    path.write_text("#!/bin/sh\n" + script)
+    path.chmod(0o755)
+
+
+def test_tesseract_alone_runs_on_one_openmp_thread(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("OMP_THREAD_LIMIT", raising=False)
+    fake_tesseract(tmp_path, 'echo "limit=${OMP_THREAD_LIMIT:-none} args=$*"\n')
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    text = ocr.read_page("a.png", 1, page_image(LINES), ocr.OcrOptions(languages="eng+deu"))
+    assert text == "limit=1 args=stdin stdout -l eng+deu"
+    assert "OMP_THREAD_LIMIT" not in os.environ  # llama.cpp's threads in this process keep their default
+
+
 def test_a_page_that_times_out_is_one_warning_and_the_rest_is_read(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    import pytesseract
-
-    real = pytesseract.image_to_string
-    calls = iter([RuntimeError("Tesseract process timeout"), None])
-
-    def first_page_times_out(image: Image.Image, **kwargs: object) -> str:
-        failure = next(calls)
-        if failure is not None:
-            raise failure
-        return str(real(image, **kwargs))  # type: ignore[arg-type]
-
-    monkeypatch.setattr(pytesseract, "image_to_string", first_page_times_out)
+    real = shutil.which("tesseract")
+    assert real is not None
+    # The first page hangs (and is killed at the time limit); the next ones go to the real tesseract.
+    marker = tmp_path / "hung-once"
+    fake_tesseract(tmp_path, f'[ -e {marker} ] || {{ touch {marker}; exec sleep 30; }}\nexec {real} "$@"\n')
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
     first, second = page_image(["Mount Etna erupted"]), page_image(["Lava reached the sea"])
+    started = time.perf_counter()
     with caplog.at_level(logging.WARNING):
-        doc = load_bytes("scan.tif", encode(first, "TIFF", save_all=True, append_images=[second]))
+        doc = load_bytes(
+            "scan.tif", encode(first, "TIFF", save_all=True, append_images=[second]), ocr.OcrOptions(timeout_s=1.5)
+        )
+    assert time.perf_counter() - started < 25  # the hung page was killed, not waited for
     assert "Etna" not in doc.text and "Lava reached the sea" in doc.text and doc.page_at(doc.text.index("Lava")) == 2
     timeouts = [r.getMessage() for r in caplog.records if "RAG_OCR_TIMEOUT_S" in r.getMessage()]
-    assert len(timeouts) == 1 and "scan.tif page 1" in timeouts[0]
+    assert len(timeouts) == 1 and "scan.tif page 1" in timeouts[0] and "(1.5 s)" in timeouts[0]
 
 
-def test_missing_tesseract_is_one_line_naming_apt_get(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pytesseract
+def test_a_tesseract_error_is_a_warning_with_its_message(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING):
+        text = ocr.read_page("a.png", 3, page_image(LINES), ocr.OcrOptions(languages="nosuchlanguage"))
+    assert text == ""
+    (message,) = [r.getMessage() for r in caplog.records if "a.png page 3" in r.getMessage()]
+    assert "failed (tesseract exit" in message and "nosuchlanguage" in message and "left out" in message
 
-    monkeypatch.setattr(pytesseract.pytesseract, "tesseract_cmd", "/nonexistent/tesseract")
+
+def test_missing_tesseract_is_one_line_naming_apt_get(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no tesseract on PATH
     with pytest.raises(InputError, match=r"apt-get install tesseract-ocr") as caught:
         load_bytes("etna.png", encode(page_image(LINES), "PNG"))
     assert "\n" not in str(caught.value)
+
+
+def test_a_transparent_png_is_read_on_white() -> None:
+    # Black text on fully transparent black, as screenshots often are: black on black once the alpha is dropped.
+    mask = page_image(LINES).convert("L").point(lambda v: 255 - v)
+    image = Image.new("RGBA", mask.size, (0, 0, 0, 0))
+    image.putalpha(mask)
+    doc = load_bytes("screenshot.png", encode(image, "PNG"))
+    assert "Mount Etna erupted again" in doc.text
 
 
 @pytest.mark.parametrize(
@@ -270,3 +303,152 @@ def test_an_index_from_before_scanned_pages_were_recorded_loads_and_the_next_ing
     # Recorded now: the next ingest has nothing to do.
     again = ingest(settings.corpus_dir, index_dir, FakeEmbedder(), settings, progress=False)
     assert again.index_version == new.version
+
+
+class Counting:
+    """Counts Tesseract runs (the real one still reads) and parsed files, by document id."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import rag.loaders
+
+        self.ocr_runs = 0
+        self.parsed: list[str] = []
+        real_tesseract, real_parse = ocr._tesseract, rag.loaders._parse
+
+        def tesseract(png: bytes, languages: str, timeout_s: float) -> str:
+            self.ocr_runs += 1
+            return real_tesseract(png, languages, timeout_s)
+
+        def parse(doc_id: str, *args: Any) -> Any:
+            self.parsed.append(doc_id)
+            return real_parse(doc_id, *args)
+
+        monkeypatch.setattr(ocr, "_tesseract", tesseract)
+        monkeypatch.setattr(rag.loaders, "_parse", parse)
+
+    def reset(self) -> None:
+        self.ocr_runs, self.parsed = 0, []
+
+
+def chunk_texts(settings: Settings, doc_id: str) -> str:
+    return " ".join(c.text for c in load_index(settings.index_dir).chunks if c.doc_id == doc_id)
+
+
+@pytest.fixture
+def ocr_corpus(tmp_path: Path) -> Settings:
+    """A folder with a PDF whose page 2 is a scan, a PNG, a text file and an unreadable image."""
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "mixed.pdf").write_bytes(mixed_pdf(TEXT_PAGE, SCAN))
+    (corpus / "notice.png").write_bytes(encode(page_image(["The museum opens at nine"]), "PNG"))
+    (corpus / "a.txt").write_text("Some plain text about the weather.")
+    (corpus / "bad.png").write_bytes(b"not an image at all")
+    return Settings(corpus_dir=corpus, index_dir=tmp_path / "index", chunk_tokens=16, chunk_overlap=0)
+
+
+def test_a_second_ingest_of_an_unchanged_folder_hashes_the_files_and_runs_no_ocr(
+    ocr_corpus: Settings, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    counting = Counting(monkeypatch)
+    s = ocr_corpus
+    first = ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    assert counting.ocr_runs == 2 and sorted(counting.parsed) == ["a.txt", "bad.png", "mixed.pdf", "notice.png"]
+    assert first.added == 3 and any("bad.png" in w for w in first.warnings)
+
+    counting.reset()
+    with caplog.at_level(logging.INFO, logger="rag.ingest"):
+        again = ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    assert counting.ocr_runs == 0 and counting.parsed == ["bad.png"]  # the bad file still warns, read again
+    assert (again.added, again.updated, again.removed, again.unchanged) == (0, 0, 0, 3)
+    assert again.documents_total == 3 and again.chunks_embedded == 0 and again.index_version == first.index_version
+    assert any("bad.png" in w for w in again.warnings)
+    assert any(f"index {first.index_version} is up to date" in r.getMessage() for r in caplog.records)
+    assert load_index(s.index_dir).is_scanned("mixed.pdf", 2)
+
+
+def test_a_changed_file_is_read_again_and_a_deleted_one_removed(
+    ocr_corpus: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = Counting(monkeypatch)
+    s = ocr_corpus
+    ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    counting.reset()
+    (s.corpus_dir / "notice.png").write_bytes(encode(page_image(["The library closes at noon"]), "PNG"))
+    (s.corpus_dir / "mixed.pdf").unlink()
+    report = ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    assert counting.ocr_runs == 1 and sorted(counting.parsed) == ["bad.png", "notice.png"]
+    assert (report.added, report.updated, report.removed, report.unchanged) == (0, 1, 1, 1)
+    assert "library closes" in chunk_texts(s, "notice.png") and "museum" not in chunk_texts(s, "notice.png")
+    assert set(load_index(s.index_dir).manifest.documents) == {"a.txt", "notice.png"}
+
+
+def test_other_ocr_options_read_the_files_that_needed_ocr_again(
+    ocr_corpus: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counting = Counting(monkeypatch)
+    off = ocr_corpus.model_copy(update={"ocr": False})
+    report = ingest(off.corpus_dir, off.index_dir, FakeEmbedder(), off, progress=False)
+    assert counting.ocr_runs == 0 and report.documents_total == 2 and "Zafferana" not in chunk_texts(off, "mixed.pdf")
+    assert load_index(off.index_dir).manifest.documents["mixed.pdf"].ocr == "off"
+
+    counting.reset()
+    on = ocr_corpus  # RAG_OCR=true: the PDF's scanned page now has words to read; the text file does not change
+    report = ingest(on.corpus_dir, on.index_dir, FakeEmbedder(), on, progress=False)
+    assert counting.ocr_runs == 2 and sorted(counting.parsed) == ["bad.png", "mixed.pdf", "notice.png"]
+    assert (report.added, report.updated, report.unchanged) == (1, 1, 1)
+    assert "Zafferana" in chunk_texts(on, "mixed.pdf")
+    entries = load_index(on.index_dir).manifest.documents
+    assert (entries["mixed.pdf"].ocr, entries["notice.png"].ocr, entries["a.txt"].ocr) == ("eng", "eng", "")
+
+    counting.reset()
+    ingest(on.corpus_dir, on.index_dir, FakeEmbedder(), on, progress=False)
+    assert counting.ocr_runs == 0
+
+
+def test_a_file_the_index_changed_under_the_ingest_is_read_under_the_lock(
+    ocr_corpus: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import rag.ingest
+
+    s = ocr_corpus
+    ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    real_read = rag.ingest.read_corpus
+    new_bytes = encode(page_image(["The library closes at noon"]), "PNG")
+
+    def read_then_an_upload_lands(*args: Any) -> Any:
+        corpus = real_read(*args)  # notice.png hashed as unchanged against the index as it was
+        (s.corpus_dir / "notice.png").write_bytes(new_bytes)
+        add_or_update(s.index_dir, load_bytes("notice.png", new_bytes), FakeEmbedder(), s)
+        return corpus
+
+    monkeypatch.setattr(rag.ingest, "read_corpus", read_then_an_upload_lands)
+    report = ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    assert report.documents_total == 3 and report.unchanged == 3 and report.chunks_embedded == 0
+    assert "library closes" in chunk_texts(s, "notice.png")
+
+
+def test_an_index_from_before_ocr_options_were_recorded_records_them_on_the_next_ingest(
+    ocr_corpus: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    s = ocr_corpus
+    ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    manifest_path = s.index_dir / (s.index_dir / CURRENT).read_text().strip() / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["documents"].values():
+        del entry["ocr"]  # as the manifest was written before this field
+    manifest_path.write_text(json.dumps(manifest))
+    old = load_index(s.index_dir)
+
+    counting = Counting(monkeypatch)
+    report = ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    assert counting.ocr_runs == 2 and report.chunks_embedded == 0 and report.index_version != old.version
+    assert {d: e.ocr for d, e in load_index(s.index_dir).manifest.documents.items()} == {
+        "a.txt": "",
+        "mixed.pdf": "eng",
+        "notice.png": "eng",
+    }
+    counting.reset()
+    ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    assert counting.ocr_runs == 0
