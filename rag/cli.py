@@ -102,9 +102,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from rag.store import load_index
+    from rag.vectors import vector_store
 
     settings = _settings(args)
-    index = load_index(settings.index_dir)
+    index = load_index(settings.index_dir, store=vector_store(settings))
     docs = index.documents()
     info = {
         "index_dir": str(settings.index_dir),

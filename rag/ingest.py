@@ -29,6 +29,7 @@ from rag.loaders import load_corpus
 from rag.settings import Settings
 from rag.store import REBUILD_HINT, current_version, load_index, read_manifest, save_index, writer_lock
 from rag.types import Chunk, Document
+from rag.vectors import VectorStore, vector_store
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +88,19 @@ def ingest(
     *,
     rebuild: bool = False,
     progress: bool = True,
+    store: VectorStore | None = None,
 ) -> IngestReport:
     """Bring the index in ``index_dir`` up to date with the documents in ``corpus``.
 
     Raises ``InputError`` (nothing written) for a missing or empty corpus and
     ``IndexFormatError`` for an unreadable existing index unless ``rebuild``.
+    ``store`` keeps the vectors (default: the one ``RAG_VECTOR_STORE`` names).
     """
     started = time.perf_counter()
     # Read and validate everything before touching the index folder.
     docs, warnings = load_corpus(corpus)
     chunk_tokens, overlap = chunk_params(settings, embedder)
+    store = store if store is not None else vector_store(settings)
 
     with writer_lock(index_dir):
         previous: Index | None = None
@@ -108,11 +112,17 @@ def ingest(
             with contextlib.suppress(IndexFormatError):
                 old_docs = read_manifest(index_dir).documents
         elif current_version(index_dir) is not None:
-            loaded = load_index(index_dir)  # IndexFormatError says to run `rag ingest --rebuild`
-            old_docs = loaded.manifest.documents
-            reason = incompatibility(loaded.manifest, embedder, chunk_tokens, overlap)
-            if reason is None:
-                previous = loaded
+            elsewhere = read_manifest(index_dir)
+            if elsewhere.backend != store.backend:
+                # Its vectors are in another store: the documents count as kept, their vectors are made again.
+                old_docs = elsewhere.documents
+                reason = f"the vectors were in {elsewhere.backend}, now {store.backend} (RAG_VECTOR_STORE)"
+            else:
+                loaded = load_index(index_dir, store=store)  # IndexFormatError says to run `rag ingest --rebuild`
+                old_docs = loaded.manifest.documents
+                reason = incompatibility(loaded.manifest, embedder, chunk_tokens, overlap)
+                if reason is None:
+                    previous = loaded
         if reason:
             log.warning("re-embedding every document: %s", reason)
 
@@ -151,20 +161,23 @@ def ingest(
         manifest, chunks, vectors, embedded = compose(
             previous, reuse, fresh, embedder, chunk_tokens, overlap, settings, progress=progress
         )
-        index = save_index(index_dir, manifest, chunks, vectors)
+        index = save_index(index_dir, manifest, chunks, vectors, store)
         return report(index.version, embedded, len(chunks))
 
 
-def add_or_update(index_dir: Path, doc: Document, embedder: Embedder, settings: Settings) -> Index:
+def add_or_update(
+    index_dir: Path, doc: Document, embedder: Embedder, settings: Settings, store: VectorStore | None = None
+) -> Index:
     """Index one document (new or changed) next to the others; atomic, returns the new live index.
 
     Creates the index if there is none. An unchanged document returns the current index untouched.
     """
     chunk_tokens, overlap = chunk_params(settings, embedder)
+    store = store if store is not None else vector_store(settings)
     with writer_lock(index_dir):
         previous: Index | None = None
         if current_version(index_dir) is not None:
-            previous = load_index(index_dir)
+            previous = load_index(index_dir, store=store)
             reason = incompatibility(previous.manifest, embedder, chunk_tokens, overlap)
             if reason:
                 raise IndexFormatError(f"Cannot add {doc.id} to the index in {index_dir}: {reason}; {REBUILD_HINT}.")
@@ -175,13 +188,21 @@ def add_or_update(index_dir: Path, doc: Document, embedder: Embedder, settings: 
         manifest, chunks, vectors, _ = compose(
             previous, reuse, [doc], embedder, chunk_tokens, overlap, settings, progress=False
         )
-        return save_index(index_dir, manifest, chunks, vectors)
+        return save_index(index_dir, manifest, chunks, vectors, store)
 
 
-def remove(index_dir: Path, doc_id: str, settings: Settings, *, embedder_id: str | None = None) -> Index:
+def remove(
+    index_dir: Path,
+    doc_id: str,
+    settings: Settings,
+    *,
+    embedder_id: str | None = None,
+    store: VectorStore | None = None,
+) -> Index:
     """Drop one document's chunks from the index; atomic, returns the new live index."""
+    store = store if store is not None else vector_store(settings)
     with writer_lock(index_dir):
-        previous = load_index(index_dir, embedder_id)
+        previous = load_index(index_dir, embedder_id, store)
         if doc_id not in previous.manifest.documents:
             raise InputError(f"No document named {doc_id!r} in the index.")
         reuse = [d for d in previous.manifest.documents if d != doc_id]
@@ -189,7 +210,7 @@ def remove(index_dir: Path, doc_id: str, settings: Settings, *, embedder_id: str
         manifest, chunks, vectors, _ = compose(
             previous, reuse, [], None, m.chunk_tokens, m.overlap_tokens, settings, progress=False
         )
-        return save_index(index_dir, manifest, chunks, vectors)
+        return save_index(index_dir, manifest, chunks, vectors, store)
 
 
 def incompatibility(manifest: Manifest, embedder: Embedder, chunk_tokens: int, overlap: int) -> str | None:
@@ -239,13 +260,15 @@ def compose(
 
     # Gather per-document blocks, then lay them out sorted by document id.
     blocks: dict[str, tuple[DocEntry, list[Chunk], np.ndarray]] = {}
-    if previous is not None:
+    if previous is not None and reuse:
+        # One read of every vector (free for FAISS, one paged query for Milvus), then a slice per document.
+        kept = previous.vectors
         for doc_id in reuse:
             entry = previous.manifest.documents[doc_id]
             # A document's chunks are contiguous rows (the layout below), so one slice takes them.
             first = previous.row(entry.chunk_ids[0]) if entry.chunk_ids else 0
             rows = slice(first, first + len(entry.chunk_ids))
-            blocks[doc_id] = (entry, previous.chunks[rows], previous.vectors[rows])
+            blocks[doc_id] = (entry, previous.chunks[rows], kept[rows])
     offset = 0
     for doc in fresh:
         doc_chunks = new_chunks[doc.id]
