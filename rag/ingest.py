@@ -27,7 +27,7 @@ from rag.index import DocEntry, Index, Manifest, resolve_index_type
 from rag.ingest_progress import IngestProgress
 from rag.loaders import load_corpus
 from rag.settings import Settings
-from rag.store import REBUILD_HINT, current_version, load_index, read_manifest, save_index, writer_lock
+from rag.store import REBUILD_HINT, cleanup, current_version, load_index, read_manifest, save_index, writer_lock
 from rag.types import Chunk, Document
 from rag.vectors import VectorStore, vector_store
 
@@ -156,6 +156,8 @@ def ingest(
             kept = len(previous.chunks)
             if resolve_index_type(settings.index_type, kept, settings.hnsw_threshold) == previous.manifest.index_type:
                 log.info("index %s is up to date", previous.version)
+                # Nothing to write, but what a killed writer left goes now (a Milvus collection holds memory).
+                cleanup(index_dir, store)
                 return report(previous.version, 0, kept)
 
         manifest, chunks, vectors, embedded = compose(

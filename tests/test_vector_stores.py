@@ -7,8 +7,14 @@ are ``slow`` (they start ``milvus-lite server`` on loopback once per session).
 
 from __future__ import annotations
 
+import os
+import random
+import signal
+import time
 import uuid
+from collections import Counter
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +34,10 @@ from rag.settings import Settings
 from rag.store import current_version, load_index, save_index
 from rag.vectors import VectorStore, vector_store
 from rag.vectors_milvus import MilvusStore, collection_name
+from tests import fault_procs
 from tests.fakes import FakeEmbedder, FakeGenerator
 from tests.milvus_procs import MilvusServer, free_port
-from tests.test_faults import one_error_line, run_cli
+from tests.test_faults import contents, one_error_line, run_cli, two_corpora, wait_for
 from tests.test_ingest import CountingEmbedder, long_text
 from tests.test_store import corpus as synthetic
 from tests.test_store import unit_rows
@@ -423,3 +430,91 @@ def test_the_service_answers_503_with_the_reason_when_the_server_dies_mid_sessio
                 "volcano.txt",
             ]
         assert not (settings.corpus_dir / "x.txt").exists()  # the failed upload left nothing behind
+
+
+# ------------------------------------------------------------------ kill -9 of `rag ingest` into Milvus Lite
+
+MILVUS_KILLS = 16
+
+
+@dataclass
+class Seen:
+    contents: tuple[object, ...]
+    collections: list[str]  # the store's version collections
+    alias: str  # the collection the alias names
+    live: str  # the collection the live manifest names
+
+
+@pytest.mark.slow
+def test_kill_9_of_rag_ingest_into_milvus_lite_leaves_the_old_or_the_new_index(tmp_path: Path) -> None:
+    a, b = two_corpora(tmp_path, n=30, paragraphs=12)
+    embedder = FakeEmbedder()
+
+    def milvus(index_dir: Path, db: Path) -> Settings:
+        return Settings(index_dir=index_dir, vector_store="milvus", milvus_uri=str(db))
+
+    def run_ingest(corpus: Path, settings: Settings) -> None:
+        store = MilvusStore.connect(settings)
+        try:
+            ingest(corpus, settings.index_dir, embedder, settings, progress=False, store=store)
+        finally:
+            store.close()  # a Milvus Lite .db serves one process: free it for the next child
+
+    def read(settings: Settings) -> Seen:
+        store = MilvusStore.connect(settings)
+        try:
+            index = load_index(settings.index_dir, store=store)
+            live = str((index.manifest.vectors or {})["collection"])
+            return Seen(contents(index), collections(store), alias_target(store), live)
+        finally:
+            store.close()
+
+    expected = []
+    for name, corpus in (("ref-a", a), ("ref-b", b)):
+        ref = milvus(tmp_path / name, tmp_path / f"{name}.db")
+        run_ingest(corpus, ref)
+        expected.append(read(ref).contents)
+    assert expected[0] != expected[1]
+
+    settings = milvus(tmp_path / "index", tmp_path / "milvus.db")
+    run_ingest(a, settings)
+    state = 0
+    ctx = fault_procs.context()
+    rng = random.Random(20261204)
+    seen = Counter[str]()
+    for cycle in range(MILVUS_KILLS):
+        progress = tmp_path / f"progress-{cycle}.log"
+        order = [str(b), str(a)] if state == 0 else [str(a), str(b)]
+        args = (str(settings.index_dir), order, str(progress), str(settings.milvus_uri))
+        proc = ctx.Process(target=fault_procs.ingest_loop_milvus, args=args, daemon=True)
+        proc.start()
+        wait_for(lambda: progress.exists() and "ready" in progress.read_text(), 60, "the ingest child")  # noqa: B023
+        if cycle % 2:
+            wait_for(lambda: "writing" in progress.read_text(), 60, "the child to write")  # noqa: B023
+            time.sleep(rng.uniform(0.0, 0.3))  # a Milvus commit takes a few tenths of a second: land inside it
+        else:
+            time.sleep(rng.uniform(0.0, 6.0))  # the child's first ingest starts Milvus Lite: ~2 s
+        assert proc.pid is not None
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.join(30)
+        assert proc.exitcode == -signal.SIGKILL, f"the child ended on its own (exit {proc.exitcode})"
+        log = [line for line in progress.read_text().splitlines() if line != "writing"]
+        assert all(line.endswith("exit 0") for line in log[1:]), log
+
+        now = read(settings)
+        assert now.contents in expected, f"kill {cycle}: the index is neither corpus A nor corpus B"
+        assert now.live in now.collections
+        state = expected.index(now.contents)
+        seen["kills"] += 1
+        seen[f"state {'AB'[state]}"] += 1
+        seen["kills mid-write (a collection nothing names)"] += len(now.collections) > 1
+        seen["alias behind CURRENT"] += now.alias != now.live
+        seen["ingests completed"] += len(log) - 1
+    print(f"\nkill -9 of rag ingest into Milvus Lite: {dict(seen)}")
+    assert seen["kills mid-write (a collection nothing names)"] >= 1
+    assert seen["state A"] >= 1 and seen["state B"] >= 1
+
+    # The next writer drops what the kills left and points the alias at the live version.
+    run_ingest(a, settings)
+    final = read(settings)
+    assert final.contents == expected[0] and final.collections == [final.alias] == [final.live]
