@@ -141,7 +141,9 @@ class MilvusStore:
         params = self._client.prepare_index_params()
         # Inner product on unit vectors is cosine similarity: the scores FAISS gives, so the
         # refusal gate's RAG_MIN_DENSE_SCORE means the same on either store.
-        params.add_index(field_name=VECTOR, index_type=self.index_type, metric_type="IP", params=build)
+        # Nested under "params" (the wire form every Milvus reads): pymilvus 3.0.2 otherwise sends each
+        # build parameter as its own key, which Milvus Lite 3.2.2 ignores (its HNSW then builds with M=16).
+        params.add_index(field_name=VECTOR, index_type=self.index_type, metric_type="IP", params={"params": build})
         self._call("create a collection", self._client.create_collection, name, schema=schema, index_params=params)
         for start in range(0, n, BATCH):
             rows = [{ROW: start + i, VECTOR: v} for i, v in enumerate(vectors[start : start + BATCH])]

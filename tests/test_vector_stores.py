@@ -518,3 +518,30 @@ def test_kill_9_of_rag_ingest_into_milvus_lite_leaves_the_old_or_the_new_index(t
     run_ingest(a, settings)
     final = read(settings)
     assert final.contents == expected[0] and final.collections == [final.alias] == [final.live]
+
+
+@pytest.mark.parametrize("index_type", ["HNSW", "IVF_FLAT", "FLAT"])
+def test_milvus_index_settings_reach_milvus_and_search_stays_exact_on_a_small_index(
+    tmp_path: Path, index_type: str
+) -> None:
+    settings = Settings(
+        index_dir=tmp_path / "index",
+        vector_store="milvus",
+        milvus_index_type=index_type,
+        milvus_hnsw_m=24,
+        milvus_hnsw_ef_construction=120,
+    )
+    store = MilvusStore.connect(settings)
+    try:
+        manifest, chunks, vectors = synthetic(8, 25, seed=3)  # 200 vectors: IVF gets 5 cells, nprobe 32 scans all
+        index = save_index(settings.index_dir, manifest, chunks, vectors, store)
+        described = store._client.describe_index(index.manifest.vectors["collection"], "vector")  # type: ignore[index]
+        assert described["index_type"] == index_type and described["metric_type"] == "IP"
+        expected = {"HNSW": {"M": 24, "efConstruction": 120}, "IVF_FLAT": {"nlist": 5}, "FLAT": {}}[index_type]
+        assert described.get("params", {}) == expected
+        for query in unit_rows(np.random.default_rng(4), 5):
+            assert [h.chunk.id for h in index.search(query, 5)] == [
+                chunks[i].id for i in np.argsort(-(vectors @ query))[:5]
+            ]
+    finally:
+        store.close()
