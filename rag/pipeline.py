@@ -391,6 +391,9 @@ class Pipeline:
         self._warm_cursor = 0  # new or changed chunks may sit anywhere in the new index
         self._warmed = 0
 
+    def check(self) -> None:
+        self.store.check()
+
     def info(self) -> dict[str, object]:
         index = self._retriever.index
         docs = index.documents()

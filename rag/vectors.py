@@ -11,6 +11,7 @@ the previous version, never re-embedded), so the store needs few verbs:
     publish(manifest)        # after CURRENT names the version: point the store's own name at it
     discard(manifest)        # a staged version that never went live
     cleanup(manifest)        # drop every version but the live one
+    check()                  # is it reachable (a Milvus server)?
 
 FAISS (the default) writes ``vectors.npy`` and ``faiss.index`` into the version folder,
 so CURRENT alone switches versions and ``publish``/``cleanup`` have nothing to do: the
@@ -67,6 +68,10 @@ class VectorStore(Protocol):
 
     def cleanup(self, live: Manifest | None) -> None: ...
 
+    def check(self) -> None:
+        """Raise ``VectorStoreError`` with the reason when the store does not answer (``/ready`` asks)."""
+        ...
+
 
 class FaissStore:
     """Vectors as files in the version folder: ``vectors.npy`` (kept so updates reuse them) and ``faiss.index``."""
@@ -114,6 +119,9 @@ class FaissStore:
 
     def cleanup(self, live: Manifest | None) -> None:
         pass
+
+    def check(self) -> None:
+        pass  # files in this process: nothing to reach
 
 
 class Damaged(IndexFormatError):

@@ -194,6 +194,9 @@ class MilvusStore:
             if name.startswith(prefix) and name != keep:
                 self._call("drop a collection", self._client.drop_collection, name)
 
+    def check(self) -> None:
+        self._call("list collections", self._client.list_collections)
+
     def close(self) -> None:
         """Drop the connection; for Milvus Lite also stop its in-process server, so another process may open it."""
         self._client.close()

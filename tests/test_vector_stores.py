@@ -414,7 +414,11 @@ def test_the_service_answers_503_with_the_reason_when_the_server_dies_mid_sessio
             assert found[0]["doc_id"] == "volcano.txt"
             upload = {"file": ("bridge.txt", b"The old bridge over the river was rebuilt in stone.", "text/plain")}
             assert client.post("/documents", files=upload).status_code == 201
+            assert client.get("/ready").json() == {"status": "ready"}
             server.kill()
+            ready = client.get("/ready")
+            assert ready.status_code == 503 and ready.json()["error"]["code"] == "vector_store_unavailable"
+            assert "is unreachable" in ready.json()["error"]["message"]
             for resp in (
                 client.post("/search", json={"query": "volcano"}),
                 client.post("/ask", json={"question": "When did the volcano erupt?"}),
