@@ -90,6 +90,7 @@ class MilvusStore:
         self.alias = settings.milvus_collection
         self.index_type = settings.milvus_index_type
         self.timeout = settings.milvus_timeout_s
+        self.write_timeout = settings.milvus_write_timeout_s
         self._settings = settings
         self.last_switch_s = float("nan")  # how long the last alias switch took (rag bench reports it)
 
@@ -147,9 +148,9 @@ class MilvusStore:
         self._call("create a collection", self._client.create_collection, name, schema=schema, index_params=params)
         for start in range(0, n, BATCH):
             rows = [{ROW: start + i, VECTOR: v} for i, v in enumerate(vectors[start : start + BATCH])]
-            self._call("insert vectors", self._client.insert, name, rows)
-        self._call("flush", self._client.flush, name)
-        self._call("load a collection", self._client.load_collection, name)
+            self._call("insert vectors", self._client.insert, name, rows, slow=True)
+        self._call("flush", self._client.flush, name, slow=True)
+        self._call("load a collection", self._client.load_collection, name, slow=True)
         record = {"backend": self.backend, "collection": name, "index": {"type": self.index_type, **build}}
         return Staged(MilvusIndex(self, name, n, dim), record=record)
 
@@ -161,7 +162,7 @@ class MilvusStore:
                 "(dropped, or RAG_MILVUS_URI points at another Milvus)"
             )
         # A restarted server has nothing loaded, and Milvus searches only loaded collections.
-        self._call("load a collection", self._client.load_collection, name)
+        self._call("load a collection", self._client.load_collection, name, slow=True)
         count = self.count(name)
         if count != rows:
             raise Damaged(f"is inconsistent (Milvus collection {name} holds {count} vectors for {rows} chunks)")
@@ -242,12 +243,19 @@ class MilvusStore:
             return {"metric_type": "IP", "params": {"nprobe": s.milvus_ivf_nprobe}}
         return {"metric_type": "IP", "params": {}}
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """One Milvus call with the store's timeout; its failure as one error saying what to do."""
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, slow: bool = False, **kwargs: Any) -> T:
+        """One Milvus call within the store's timeout (``slow``: a bulk write's); a failure as one error saying
+        what to do."""
+        import grpc
         from pymilvus import MilvusException
 
+        timeout = self.write_timeout if slow else self.timeout
         try:
-            return fn(*args, timeout=self.timeout, **kwargs)
+            return fn(*args, timeout=timeout, **kwargs)
+        except grpc.RpcError as exc:  # some failures (a deadline, say) reach us as gRPC's own error
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            why = f"no answer within {timeout:g} s" if code == grpc.StatusCode.DEADLINE_EXCEEDED else str(code)
+            raise _unreachable(self.uri, what, why) from None
         except MilvusException as exc:
             if _not_found(exc):
                 raise IndexFormatError(
@@ -334,8 +342,9 @@ def _not_found(exc: Exception) -> bool:
     return "not exist" in text or "not found" in text or "can't find" in text
 
 
-def _unreachable(uri: str, what: str, exc: Exception) -> VectorStoreError:
+def _unreachable(uri: str, what: str, exc: Exception | str) -> VectorStoreError:
+    why = exc if isinstance(exc, str) else _reason(exc)
     return VectorStoreError(
-        f"Milvus at {shown(uri)} is unreachable (could not {what}: {_reason(exc)}); check that it is running "
+        f"Milvus at {shown(uri)} is unreachable (could not {what}: {why}); check that it is running "
         "and that RAG_MILVUS_URI points at it."
     )

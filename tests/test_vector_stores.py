@@ -549,3 +549,24 @@ def test_milvus_index_settings_reach_milvus_and_search_stays_exact_on_a_small_in
             ]
     finally:
         store.close()
+
+
+def test_a_milvus_write_past_its_deadline_is_one_clear_error_and_the_old_version_stays(tmp_path: Path) -> None:
+    settings = Settings(index_dir=tmp_path / "index", vector_store="milvus")
+    store = MilvusStore.connect(settings)
+    try:
+        manifest, chunks, vectors = synthetic(2, 5)
+        first = save_index(settings.index_dir, manifest, chunks, vectors, store)
+        store.write_timeout = 1e-4  # no insert answers within 0.1 ms (gRPC's own DEADLINE_EXCEEDED)
+        with pytest.raises(
+            VectorStoreError, match=r"could not (insert vectors|flush|load a collection): no answer within 0.0001 s"
+        ):
+            save_index(settings.index_dir, *synthetic(3, 5, seed=1), store)
+        store.write_timeout = settings.milvus_write_timeout_s
+        assert load_index(settings.index_dir, store=store).version == first.version
+        # The timed-out write may still be running in Milvus, so its collection can outlive the
+        # discard; the next commit drops it.
+        second = save_index(settings.index_dir, *synthetic(3, 5, seed=2), store)
+        assert collections(store) == [second.manifest.vectors["collection"]]  # type: ignore[index]
+    finally:
+        store.close()
