@@ -75,11 +75,12 @@ class Settings(BaseSettings):
     milvus_ivf_nlist: int = Field(1024, ge=1, description="IVF_FLAT cells (capped near sqrt of the vector count).")
     milvus_ivf_nprobe: int = Field(32, ge=1, description="IVF_FLAT cells searched per query.")
     milvus_timeout_s: float = Field(10.0, gt=0, description="Longest wait for one Milvus search or lookup, in seconds.")
-    # Inserting, flushing and loading build the index: at 100k vectors Milvus Lite spent over 10 s on one batch.
+    # Inserting, flushing and loading build the index: at 100k vectors Milvus Lite spent over 10 s on one
+    # insert batch, and as long dropping the collection.
     milvus_write_timeout_s: float = Field(
         600.0,
         gt=0,
-        description="Longest wait for one Milvus bulk write (insert, flush, index build, load), in seconds.",
+        description="Longest wait for one Milvus bulk write (insert, flush, index build, load, drop), in seconds.",
     )
 
     # --- retrieval

@@ -46,7 +46,7 @@ from typing import Any
 import numpy as np
 
 from rag.durable import fsync_dir, locked, open_lock_file
-from rag.errors import IndexFormatError, write_failed
+from rag.errors import IndexFormatError, RagError, write_failed
 from rag.index import FORMAT_VERSION, Index, Manifest
 from rag.types import Chunk
 from rag.vectors import Damaged, FaissStore, VectorStore
@@ -285,9 +285,14 @@ def save_index(
             raise write_failed(exc, f"the index in {index_dir}", WRITE_HINT) from exc
         raise
     log.info("index version %s is live (%d chunks, %s)", version, len(chunks), manifest.index_type)
-    # CURRENT is the commit; the store's own pointer (a Milvus alias) follows it, for other readers.
-    store.publish(final)
-    cleanup(index_dir, store)
+    try:
+        # CURRENT is the commit; the store's own pointer (a Milvus alias) follows it, for other readers.
+        store.publish(final)
+        cleanup(index_dir, store)
+    except RagError as exc:
+        # The new version is live and complete: a stale alias or an old version left over is put
+        # right by the next writer's cleanup, so this is no reason to fail the commit.
+        log.warning("index version %s is live, but tidying up after it failed: %s", version, exc)
     return Index(folder, final, chunks, staged.index)
 
 

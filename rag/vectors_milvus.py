@@ -182,7 +182,7 @@ class MilvusStore:
     def discard(self, manifest: Manifest) -> None:
         name = self.collection(manifest.index_version)
         if self._call("look up a collection", self._client.has_collection, name):
-            self._call("drop a collection", self._client.drop_collection, name)
+            self._call("drop a collection", self._client.drop_collection, name, slow=True)
 
     def cleanup(self, live: Manifest | None) -> None:
         keep = str(live.vectors["collection"]) if live is not None and live.vectors else None
@@ -193,7 +193,7 @@ class MilvusStore:
         prefix = f"{self.alias}_v_"
         for name in self._call("list collections", self._client.list_collections):
             if name.startswith(prefix) and name != keep:
-                self._call("drop a collection", self._client.drop_collection, name)
+                self._call("drop a collection", self._client.drop_collection, name, slow=True)
 
     def check(self) -> None:
         self._call("list collections", self._client.list_collections)

@@ -570,3 +570,22 @@ def test_a_milvus_write_past_its_deadline_is_one_clear_error_and_the_old_version
         assert collections(store) == [second.manifest.vectors["collection"]]  # type: ignore[index]
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("settings", MILVUS, indirect=True)
+def test_a_commit_stands_when_tidying_up_after_it_fails(
+    settings: Settings, store: VectorStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert isinstance(store, MilvusStore)
+    first = save_index(settings.index_dir, *synthetic(2, 3), store)
+
+    def unreachable(live: object) -> None:
+        raise VectorStoreError("Milvus at x is unreachable (could not drop a collection: no answer within 600 s)")
+
+    monkeypatch.setattr(store, "cleanup", unreachable)
+    second = save_index(settings.index_dir, *synthetic(2, 4, seed=1), store)
+    assert load_index(settings.index_dir, store=store).version == second.version != first.version
+    assert "is live, but tidying up after it failed" in caplog.text
+    monkeypatch.undo()
+    third = save_index(settings.index_dir, *synthetic(2, 5, seed=2), store)  # the next writer tidies up
+    assert collections(store) == [third.manifest.vectors["collection"]] == [alias_target(store)]  # type: ignore[index]
