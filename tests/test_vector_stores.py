@@ -268,6 +268,13 @@ def test_vectors_missing_from_milvus_say_rebuild_and_the_rebuild_fixes_it(
     store._client.drop_collection(live.manifest.vectors["collection"])  # type: ignore[index]
     with pytest.raises(IndexFormatError, match=r"does not hold.*rag ingest --rebuild"):
         load_index(settings.index_dir, store=store)
+    ingest(docs, settings.index_dir, FakeEmbedder(), settings, progress=False, store=store, rebuild=True)
+    live = load_index(settings.index_dir, store=store)
+    name = live.manifest.vectors["collection"]  # type: ignore[index]
+    store._client.insert(name, [{"row": len(live.chunks), "vector": live.vectors[0]}])  # a row no chunk owns
+    store._client.flush(name)
+    with pytest.raises(IndexFormatError, match=rf"holds {len(live.chunks) + 1} vectors for {len(live.chunks)} chunks"):
+        load_index(settings.index_dir, store=store)
     report = ingest(docs, settings.index_dir, FakeEmbedder(), settings, progress=False, store=store, rebuild=True)
     assert load_index(settings.index_dir, store=store).version == report.index_version
 
