@@ -15,7 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag.errors import BusyError, IndexFormatError, InputError, ModelError, RagError, StorageError
+from rag.errors import BusyError, IndexFormatError, InputError, ModelError, RagError, StorageError, VectorStoreError
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ def rag_error_status(exc: RagError) -> tuple[int, str, dict[str, str]]:
     # The index or a model is missing or broken: the service cannot answer until an operator fixes it.
     if isinstance(exc, IndexFormatError):
         return 503, "index_unavailable", {}
+    # Milvus down: nothing the client did, and it may be back soon.
+    if isinstance(exc, VectorStoreError):
+        return 503, "vector_store_unavailable", retry
     if isinstance(exc, ModelError):
         return 503, "model_unavailable", {}
     if isinstance(exc, StorageError):

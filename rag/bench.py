@@ -8,6 +8,7 @@ what the index type changes); everything else runs the real models.
 
 from __future__ import annotations
 
+import contextlib
 import resource
 import statistics
 import tempfile
@@ -133,8 +134,14 @@ def bench_backends(settings: Settings, passages: int, loaded: dict[str, Any], ro
     return out
 
 
-def bench_scale(sizes: list[int], dim: int, queries: int = 200) -> dict[str, float]:
-    """Exact vs HNSW search latency and HNSW recall@10 on synthetic unit vectors."""
+def bench_scale(
+    sizes: list[int], dim: int, queries: int = 200, milvus: dict[str, str] | None = None
+) -> dict[str, float]:
+    """Search latency, recall@10 against exact search and insert rate on synthetic unit vectors.
+
+    FAISS flat (exact: the reference) and HNSW always; ``milvus`` adds a Milvus store per
+    ``{name: uri}`` (a ``*.db`` path is Milvus Lite in this process, ``http://...`` a server).
+    """
     from rag.index import build_faiss
 
     rng = np.random.default_rng(0)
@@ -152,6 +159,7 @@ def bench_scale(sizes: list[int], dim: int, queries: int = 200) -> dict[str, flo
             t = time.perf_counter()
             index = build_faiss(vecs, kind)
             out[f"build_s_{kind}_{label}"] = time.perf_counter() - t
+            out[f"insert_per_s_{kind}_{label}"] = n / out[f"build_s_{kind}_{label}"]
             lat, ids = [], []
             for q in qs:
                 t = time.perf_counter()
@@ -163,6 +171,54 @@ def bench_scale(sizes: list[int], dim: int, queries: int = 200) -> dict[str, flo
             out[f"retrieval_ms_p95_{kind}_{label}"] = _p(lat, 95)
         recall = [len(set(a) & set(b)) / 10 for a, b in zip(results["flat"], results["hnsw"], strict=True)]
         out[f"hnsw_recall_at_10_{label}"] = statistics.fmean(recall)
+        for name, uri in (milvus or {}).items():
+            out.update(bench_milvus(name, uri, vecs, qs, results["flat"], label))
+    return out
+
+
+def bench_milvus(
+    name: str, uri: str, vecs: np.ndarray, qs: np.ndarray, exact: list[np.ndarray], label: str
+) -> dict[str, float]:
+    """The Milvus store as ingest and search use it: one version staged (insert, flush, index, load),
+    then searched; recall@10 against ``exact``; then the alias switched from one version to another."""
+    import secrets
+
+    from rag.index import Manifest
+    from rag.vectors_milvus import MilvusStore
+
+    update = {"vector_store": "milvus", "milvus_uri": uri, "milvus_collection": f"bench_{secrets.token_hex(4)}"}
+    settings = Settings().model_copy(update=update)  # type: ignore[call-arg]  # the rest from the environment
+    store = MilvusStore.connect(settings)
+    out: dict[str, float] = {}
+    try:
+        t = time.perf_counter()
+        staged = store.stage("v-1", vecs, "hnsw")
+        out[f"insert_per_s_{name}_{label}"] = len(vecs) / (time.perf_counter() - t)
+        lat, recall = [], []
+        for q, truth in zip(qs, exact, strict=True):
+            t = time.perf_counter()
+            _, rows = staged.index.search(q, 10)
+            lat.append((time.perf_counter() - t) * 1000)
+            recall.append(len(set(rows.tolist()) & set(truth.tolist())) / 10)
+        out[f"retrieval_ms_p50_{name}_{label}"] = _p(lat, 50)
+        out[f"retrieval_ms_p95_{name}_{label}"] = _p(lat, 95)
+        out[f"recall_at_10_{name}_{label}"] = statistics.fmean(recall)
+        # The commit's switch: the alias moved from one version's collection to the next.
+        versions = [Manifest("bench", vecs.shape[1], 0, 0, "hnsw", {}, vectors=staged.record)]
+        versions.append(
+            Manifest("bench", vecs.shape[1], 0, 0, "hnsw", {}, vectors=store.stage("v-2", vecs[:10], "hnsw").record)
+        )
+        store.publish(versions[0])
+        switches = []
+        for i in range(10):
+            store.publish(versions[(i + 1) % 2])
+            switches.append(store.last_switch_s * 1000)
+        out[f"alias_switch_ms_p50_{name}_{label}"] = _p(switches, 50)
+    finally:
+        with contextlib.suppress(Exception):  # the figures count more than tidying up
+            store.cleanup(None)  # drops this run's collections (its own name) and nothing else
+            store._client.drop_alias(store.alias)
+        store.close()
     return out
 
 
@@ -270,7 +326,13 @@ def bench_states(pipeline: Any, questions: list[str]) -> dict[str, float]:
 
 
 def run_bench(
-    settings: Settings, *, passages: int, sizes: list[int], questions: int, backends: bool = False
+    settings: Settings,
+    *,
+    passages: int,
+    sizes: list[int],
+    questions: int,
+    backends: bool = False,
+    milvus: dict[str, str] | None = None,
 ) -> dict[str, float]:
     from rag.embedding import load_embedder
     from rag.evaluation import load_gold
@@ -286,7 +348,7 @@ def run_bench(
         figures.update(bench_backends(settings, passages, {settings.embed_backend: embedder}))
     qlat = _timed(lambda: embedder.embed(["Which port were the munitions shipped from?"]), 20)
     figures["query_embed_ms_p50"] = _p([x * 1000 for x in qlat], 50)
-    figures.update(bench_scale(sizes, embedder.dim))
+    figures.update(bench_scale(sizes, embedder.dim, milvus=milvus))
     if questions > 0:
         ingest(settings.corpus_dir, settings.index_dir, embedder, settings, progress=False)
         pipeline = build_pipeline(settings, embedder=embedder)

@@ -11,6 +11,7 @@ import argparse
 import json
 import logging
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -102,9 +103,10 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from rag.store import load_index
+    from rag.vectors import vector_store
 
     settings = _settings(args)
-    index = load_index(settings.index_dir)
+    index = load_index(settings.index_dir, store=vector_store(settings))
     docs = index.documents()
     info = {
         "index_dir": str(settings.index_dir),
@@ -188,7 +190,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     sizes = [int(x) for x in args.sizes.split(",") if x.strip()]
-    figures = run_bench(settings, passages=args.passages, sizes=sizes, questions=args.questions, backends=args.backends)
+    with tempfile.TemporaryDirectory() as tmp:
+        milvus = {"milvus_lite": str(Path(tmp) / "bench.db")} if args.milvus else {}
+        if args.milvus_uri:
+            milvus["milvus_server"] = args.milvus_uri
+        figures = run_bench(
+            settings,
+            passages=args.passages,
+            sizes=sizes,
+            questions=args.questions,
+            backends=args.backends,
+            milvus=milvus,
+        )
     missed = check_targets(figures, args.targets)
     if args.json:
         _print_json({"embed_backend": settings.embed_backend, **{k: round(v, 4) for k, v in figures.items()}})
@@ -262,6 +275,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sizes", default="10000,100000", help="chunk counts for the retrieval scale test")
     p.add_argument("--questions", type=int, default=10, help="gold questions to answer (0 = skip the generator)")
     p.add_argument("--backends", action="store_true", help="also ingest the same passages with every embedding backend")
+    p.add_argument("--milvus", action="store_true", help="add Milvus Lite (in process) to the retrieval scale test")
+    p.add_argument("--milvus-uri", default=None, help="add the Milvus server at this URI to the retrieval scale test")
     p.add_argument("--targets", type=Path, default=Path("eval/bench_targets.json"))
     p.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
 

@@ -19,6 +19,10 @@ class ModelError(RagError):
     """A model file is missing, corrupt, or does not match its expected hash."""
 
 
+class VectorStoreError(RagError):
+    """The vector store (a Milvus server, say) is down or unreachable; the index itself may be fine."""
+
+
 class StorageError(RagError):
     """Writing to disk failed (full, over quota, read-only); whatever was live before is still in place."""
 

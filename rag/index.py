@@ -1,9 +1,10 @@
 """A loaded index in memory, and the manifest that describes it.
 
-``Index`` holds one version's chunks, their vectors and a FAISS index over them, and
-answers searches; ``Manifest`` (with ``DocEntry``) says what a version holds and how it
-was built, and maps to and from its JSON. ``build_faiss`` makes the FAISS index from
-the vectors, with the HNSW parameters measured below.
+``Index`` holds one version's chunks and the vectors over them (a ``VectorIndex``: FAISS in
+memory, or a Milvus collection), and answers searches; ``Manifest`` (with ``DocEntry``) says
+what a version holds and how it was built, and maps to and from its JSON. ``FaissIndex`` is
+the FAISS ``VectorIndex``; ``build_faiss`` makes it from the vectors, with the HNSW
+parameters measured below.
 
 Apart from ``rag.store`` (the folders, files and checks on disk: ``load_index``,
 ``save_index``) because retrieval and ingest work with a loaded ``Index`` and need
@@ -15,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -60,6 +61,13 @@ class Manifest:
     index_version: str = ""  # the version folder's name, set by save_index
     created_at: str = ""  # ISO 8601 UTC, set by save_index
     files: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # name -> {bytes, sha256}
+    #: Where the vectors live when not in the version folder (``{"backend": "milvus", "collection": ...}``);
+    #: None for FAISS, whose manifests stay as they always were.
+    vectors: Mapping[str, Any] | None = None
+
+    @property
+    def backend(self) -> str:
+        return str(self.vectors["backend"]) if self.vectors else "faiss"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -82,6 +90,7 @@ class Manifest:
                 for doc_id, e in sorted(self.documents.items())
             },
             "files": {name: dict(info) for name, info in sorted(self.files.items())},
+            **({"vectors": dict(self.vectors)} if self.vectors else {}),
         }
 
     @classmethod
@@ -109,6 +118,7 @@ class Manifest:
             index_version=str(data["index_version"]),
             created_at=str(data["created_at"]),
             files={str(k): dict(v) for k, v in data.get("files", {}).items()},
+            vectors=dict(data["vectors"]) if data.get("vectors") else None,
         )
 
 
@@ -125,20 +135,64 @@ def resolve_index_type(index_type: str, n_chunks: int, hnsw_threshold: int) -> s
     return index_type
 
 
-class Index:
-    """A loaded index version: chunks, their vectors and a FAISS index over them (read-only)."""
+class VectorIndex(Protocol):
+    """One committed version's vectors, searchable; row ``i`` is line ``i`` of the version's chunk store."""
 
-    def __init__(self, path: Path, manifest: Manifest, chunks: list[Chunk], vectors: np.ndarray, faiss_index: Any):
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Scores and rows of the ``k`` rows most similar to one unit query (1-D arrays), best first."""
+        ...
+
+    def count(self) -> int: ...
+
+    def fetch(self, rows: slice) -> np.ndarray:
+        """The vectors of ``rows`` (float32, unit rows), for the next version to reuse without re-embedding."""
+        ...
+
+
+class FaissIndex:
+    """The FAISS ``VectorIndex``: the vectors and a FAISS index over them, in memory."""
+
+    def __init__(self, vectors: np.ndarray, faiss_index: Any, index_type: str) -> None:
+        self.vectors = vectors
+        self.faiss = faiss_index
+        self.index_type = index_type
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        import faiss
+
+        if self.index_type == "hnsw":
+            # efSearch below k would return fewer than k results; pass it per call (thread-safe).
+            params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))  # type: ignore[attr-defined]
+            scores, rows = self.faiss.search(query.reshape(1, -1), k, params=params)
+        else:
+            scores, rows = self.faiss.search(query.reshape(1, -1), k)
+        return scores[0], rows[0]
+
+    def count(self) -> int:
+        return int(self.faiss.ntotal)
+
+    def fetch(self, rows: slice) -> np.ndarray:
+        return self.vectors[rows]
+
+
+class Index:
+    """A loaded index version: chunks, and the vectors over them (FAISS or Milvus), read-only."""
+
+    def __init__(self, path: Path, manifest: Manifest, chunks: list[Chunk], dense: VectorIndex):
         self.path = path
         self.manifest = manifest
         self.chunks = chunks
-        self.vectors = vectors
-        self._faiss = faiss_index
+        self.dense = dense
         self._rows = {c.id: i for i, c in enumerate(chunks)}
 
     @property
     def version(self) -> str:
         return self.manifest.index_version
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """Every chunk's vector, row for row (for FAISS the array in memory; Milvus fetches them)."""
+        return self.dense.fetch(slice(0, len(self.chunks)))
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -151,20 +205,11 @@ class Index:
         k = min(int(k), len(self.chunks))
         if k <= 0:
             return []
-        import faiss
-
-        query = np.ascontiguousarray(np.asarray(query_vec, dtype=np.float32).reshape(1, -1))
-        if query.shape[1] != self.manifest.embedder_dim:
-            raise ValueError(f"query has dimension {query.shape[1]}, index has {self.manifest.embedder_dim}")
-        if self.manifest.index_type == "hnsw":
-            # efSearch below k would return fewer than k results; pass it per call (thread-safe).
-            params = faiss.SearchParametersHNSW(efSearch=max(HNSW_EF_SEARCH, k))  # type: ignore[attr-defined]
-            scores, rows = self._faiss.search(query, k, params=params)
-        else:
-            scores, rows = self._faiss.search(query, k)
-        return [
-            Hit(chunk=self.chunks[int(r)], score=float(s)) for s, r in zip(scores[0], rows[0], strict=True) if r >= 0
-        ]
+        query = np.ascontiguousarray(np.asarray(query_vec, dtype=np.float32).reshape(-1))
+        if query.shape[0] != self.manifest.embedder_dim:
+            raise ValueError(f"query has dimension {query.shape[0]}, index has {self.manifest.embedder_dim}")
+        scores, rows = self.dense.search(query, k)
+        return [Hit(chunk=self.chunks[int(r)], score=float(s)) for s, r in zip(scores, rows, strict=True) if r >= 0]
 
     def chunk(self, chunk_id: str) -> Chunk:
         """The chunk with this id; KeyError if the index does not hold it."""

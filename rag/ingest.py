@@ -29,8 +29,9 @@ from rag.ingest_progress import IngestProgress
 from rag.loaders import Known, read_corpus
 from rag.ocr import OcrOptions
 from rag.settings import Settings
-from rag.store import REBUILD_HINT, current_version, load_index, read_manifest, save_index, writer_lock
+from rag.store import REBUILD_HINT, cleanup, current_version, load_index, read_manifest, save_index, writer_lock
 from rag.types import Chunk, Document
+from rag.vectors import VectorStore, vector_store
 
 log = logging.getLogger(__name__)
 
@@ -89,16 +90,19 @@ def ingest(
     *,
     rebuild: bool = False,
     progress: bool = True,
+    store: VectorStore | None = None,
 ) -> IngestReport:
     """Bring the index in ``index_dir`` up to date with the documents in ``corpus``.
 
     Raises ``InputError`` (nothing written) for a missing or empty corpus and
     ``IndexFormatError`` for an unreadable existing index unless ``rebuild``.
+    ``store`` keeps the vectors (default: the one ``RAG_VECTOR_STORE`` names).
     """
     started = time.perf_counter()
     chunk_tokens, overlap = chunk_params(settings, embedder)
+    store = store if store is not None else vector_store(settings)
     # Read and validate everything before touching the index folder; a file the index holds is only hashed.
-    known = {} if rebuild else known_documents(index_dir, embedder, chunk_tokens, overlap)
+    known = {} if rebuild else known_documents(index_dir, embedder, chunk_tokens, overlap, store.backend)
     read = read_corpus(corpus, OcrOptions.from_settings(settings), known)
     docs, warnings = read.documents, read.warnings
 
@@ -112,11 +116,17 @@ def ingest(
             with contextlib.suppress(IndexFormatError):
                 old_docs = read_manifest(index_dir).documents
         elif current_version(index_dir) is not None:
-            loaded = load_index(index_dir)  # IndexFormatError says to run `rag ingest --rebuild`
-            old_docs = loaded.manifest.documents
-            reason = incompatibility(loaded.manifest, embedder, chunk_tokens, overlap)
-            if reason is None:
-                previous = loaded
+            elsewhere = read_manifest(index_dir)
+            if elsewhere.backend != store.backend:
+                # Its vectors are in another store: the documents count as kept, their vectors are made again.
+                old_docs = elsewhere.documents
+                reason = f"the vectors were in {elsewhere.backend}, now {store.backend} (RAG_VECTOR_STORE)"
+            else:
+                loaded = load_index(index_dir, store=store)  # IndexFormatError says to run `rag ingest --rebuild`
+                old_docs = loaded.manifest.documents
+                reason = incompatibility(loaded.manifest, embedder, chunk_tokens, overlap)
+                if reason is None:
+                    previous = loaded
         if reason:
             log.warning("re-embedding every document: %s", reason)
 
@@ -161,25 +171,30 @@ def ingest(
             kept = len(previous.chunks)
             if resolve_index_type(settings.index_type, kept, settings.hnsw_threshold) == previous.manifest.index_type:
                 log.info("index %s is up to date", previous.version)
+                # Nothing to write, but what a killed writer left goes now (a Milvus collection holds memory).
+                cleanup(index_dir, store)
                 return report(previous.version, 0, kept)
 
         manifest, chunks, vectors, embedded = compose(
             previous, reuse, fresh, embedder, chunk_tokens, overlap, settings, progress=progress, read=docs
         )
-        index = save_index(index_dir, manifest, chunks, vectors)
+        index = save_index(index_dir, manifest, chunks, vectors, store)
         return report(index.version, embedded, len(chunks))
 
 
-def add_or_update(index_dir: Path, doc: Document, embedder: Embedder, settings: Settings) -> Index:
+def add_or_update(
+    index_dir: Path, doc: Document, embedder: Embedder, settings: Settings, store: VectorStore | None = None
+) -> Index:
     """Index one document (new or changed) next to the others; atomic, returns the new live index.
 
     Creates the index if there is none. An unchanged document returns the current index untouched.
     """
     chunk_tokens, overlap = chunk_params(settings, embedder)
+    store = store if store is not None else vector_store(settings)
     with writer_lock(index_dir):
         previous: Index | None = None
         if current_version(index_dir) is not None:
-            previous = load_index(index_dir)
+            previous = load_index(index_dir, store=store)
             reason = incompatibility(previous.manifest, embedder, chunk_tokens, overlap)
             if reason:
                 raise IndexFormatError(f"Cannot add {doc.id} to the index in {index_dir}: {reason}; {REBUILD_HINT}.")
@@ -189,13 +204,21 @@ def add_or_update(index_dir: Path, doc: Document, embedder: Embedder, settings: 
         manifest, chunks, vectors, _ = compose(
             previous, reuse, [doc], embedder, chunk_tokens, overlap, settings, progress=False
         )
-        return save_index(index_dir, manifest, chunks, vectors)
+        return save_index(index_dir, manifest, chunks, vectors, store)
 
 
-def remove(index_dir: Path, doc_id: str, settings: Settings, *, embedder_id: str | None = None) -> Index:
+def remove(
+    index_dir: Path,
+    doc_id: str,
+    settings: Settings,
+    *,
+    embedder_id: str | None = None,
+    store: VectorStore | None = None,
+) -> Index:
     """Drop one document's chunks from the index; atomic, returns the new live index."""
+    store = store if store is not None else vector_store(settings)
     with writer_lock(index_dir):
-        previous = load_index(index_dir, embedder_id)
+        previous = load_index(index_dir, embedder_id, store)
         if doc_id not in previous.manifest.documents:
             raise InputError(f"No document named {doc_id!r} in the index.")
         reuse = [d for d in previous.manifest.documents if d != doc_id]
@@ -203,10 +226,12 @@ def remove(index_dir: Path, doc_id: str, settings: Settings, *, embedder_id: str
         manifest, chunks, vectors, _ = compose(
             previous, reuse, [], None, m.chunk_tokens, m.overlap_tokens, settings, progress=False
         )
-        return save_index(index_dir, manifest, chunks, vectors)
+        return save_index(index_dir, manifest, chunks, vectors, store)
 
 
-def known_documents(index_dir: Path, embedder: Embedder, chunk_tokens: int, overlap: int) -> dict[str, Known]:
+def known_documents(
+    index_dir: Path, embedder: Embedder, chunk_tokens: int, overlap: int, backend: str
+) -> dict[str, Known]:
     """What the live index holds that an ingest may reuse without parsing the file again; {} if nothing.
 
     Read without the writer lock (a manifest is switched atomically): ``ingest`` checks again under the
@@ -219,7 +244,7 @@ def known_documents(index_dir: Path, embedder: Embedder, chunk_tokens: int, over
         manifest = read_manifest(index_dir)
     except IndexFormatError:
         return {}  # the ingest says what is wrong, under the lock
-    if incompatibility(manifest, embedder, chunk_tokens, overlap) is not None:
+    if manifest.backend != backend or incompatibility(manifest, embedder, chunk_tokens, overlap) is not None:
         return {}  # every document is embedded again, so every file is read
     return {
         doc_id: Known(e.sha256, e.ocr)
@@ -292,7 +317,9 @@ def compose(
     # Gather per-document blocks, then lay them out sorted by document id.
     blocks: dict[str, tuple[DocEntry, list[Chunk], np.ndarray]] = {}
     loaded = {d.id: d for d in read}
-    if previous is not None:
+    if previous is not None and reuse:
+        # One read of every vector (free for FAISS, one paged query for Milvus), then a slice per document.
+        kept = previous.vectors
         for doc_id in reuse:
             entry = previous.manifest.documents[doc_id]
             if (entry.scanned_pages is None or entry.ocr is None) and doc_id in loaded:
@@ -301,7 +328,7 @@ def compose(
             # A document's chunks are contiguous rows (the layout below), so one slice takes them.
             first = previous.row(entry.chunk_ids[0]) if entry.chunk_ids else 0
             rows = slice(first, first + len(entry.chunk_ids))
-            blocks[doc_id] = (entry, previous.chunks[rows], previous.vectors[rows])
+            blocks[doc_id] = (entry, previous.chunks[rows], kept[rows])
     offset = 0
     for doc in fresh:
         doc_chunks = new_chunks[doc.id]

@@ -45,6 +45,7 @@ from rag.rerank import Reranker
 from rag.retrieval import Retrieved, Retriever
 from rag.settings import Settings
 from rag.types import Answer, Citation, DocInfo, Hit, Turn
+from rag.vectors import VectorStore, vector_store
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +60,13 @@ class Pipeline:
         embedder: Embedder,
         generator: Generator | None = None,
         reranker: Reranker | None = None,
+        store: VectorStore | None = None,
     ) -> None:
         from rag.store import load_index
 
         self.settings = settings
+        # Where the vectors live (FAISS files, or a Milvus connection): opened once, used by every swap.
+        self.store = store if store is not None else vector_store(settings)
         self.embedder = embedder
         self.generator = generator
         self.reranker = reranker
@@ -72,7 +76,7 @@ class Pipeline:
         self._warm_cursor = 0  # next chunk for warm_next (an index swap starts over)
         self._warmed = 0  # passages warm_next has read since then
         self._retriever = Retriever(
-            load_index(settings.index_dir, embedder.id),
+            load_index(settings.index_dir, embedder.id, self.store),
             embedder,
             candidates=settings.candidates,
             rrf_k=settings.rrf_k,
@@ -361,7 +365,7 @@ class Pipeline:
             except OSError as exc:
                 raise write_failed(exc, f"the upload to {target.parent}", WRITE_HINT) from exc
             try:
-                index = add_or_update(self.settings.index_dir, doc, self.embedder, self.settings)
+                index = add_or_update(self.settings.index_dir, doc, self.embedder, self.settings, self.store)
                 os.replace(staged, target)
                 fsync_dir(target.parent)
             except OSError as exc:
@@ -377,7 +381,9 @@ class Pipeline:
         if doc_id not in {d.doc_id for d in self.documents()}:
             raise InputError(f"no document with id {doc_id!r}")
         with self._lock:
-            index = remove(self.settings.index_dir, doc_id, self.settings, embedder_id=self.embedder.id)
+            index = remove(
+                self.settings.index_dir, doc_id, self.settings, embedder_id=self.embedder.id, store=self.store
+            )
             self._swap(index)
             path = _safe_path(self.settings.corpus_dir, doc_id)
             path.unlink(missing_ok=True)
@@ -391,6 +397,9 @@ class Pipeline:
         )
         self._warm_cursor = 0  # new or changed chunks may sit anywhere in the new index
         self._warmed = 0
+
+    def check(self) -> None:
+        self.store.check()
 
     def info(self) -> dict[str, object]:
         index = self._retriever.index

@@ -55,6 +55,41 @@ class Settings(BaseSettings):
     )
     hnsw_threshold: int = Field(50_000, description="auto switches to HNSW above this many chunks.")
 
+    # --- where the vectors live (rag/vectors.py); chunks, manifest and BM25 stay in RAG_INDEX_DIR either way
+    vector_store: Literal["faiss", "milvus"] = Field(
+        "faiss",
+        description="faiss = files in the index folder; milvus = a collection per index version at RAG_MILVUS_URI.",
+    )
+    milvus_uri: str | None = Field(
+        None,
+        description="A local *.db path runs Milvus Lite in this process; http://host:19530 is a Milvus server. "
+        "Default: RAG_INDEX_DIR/milvus.db.",
+    )
+    milvus_token: str | None = Field(None, description="'user:password' or an API key, for a server that needs one.")
+    milvus_collection: str = Field(
+        "rag",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,150}$",
+        description="The alias readers use; each index version is a collection <name>_v_<version> behind it. "
+        "One name per index folder.",
+    )
+    milvus_index_type: Literal["HNSW", "IVF_FLAT", "FLAT"] = Field(
+        "HNSW", description="Milvus vector index (metric: inner product on unit vectors, i.e. cosine)."
+    )
+    # The FAISS HNSW figures (rag/index.py) apply: the same parameters on the same kind of graph.
+    milvus_hnsw_m: int = Field(32, ge=4, le=128, description="HNSW graph degree (M).")
+    milvus_hnsw_ef_construction: int = Field(200, ge=8, description="HNSW efConstruction.")
+    milvus_ef_search: int = Field(512, ge=1, description="HNSW ef at search time (raised to k when below it).")
+    milvus_ivf_nlist: int = Field(1024, ge=1, description="IVF_FLAT cells (capped near sqrt of the vector count).")
+    milvus_ivf_nprobe: int = Field(32, ge=1, description="IVF_FLAT cells searched per query.")
+    milvus_timeout_s: float = Field(10.0, gt=0, description="Longest wait for one Milvus search or lookup, in seconds.")
+    # Inserting, flushing and loading build the index: at 100k vectors Milvus Lite spent over 10 s on one
+    # insert batch, and as long dropping the collection.
+    milvus_write_timeout_s: float = Field(
+        600.0,
+        gt=0,
+        description="Longest wait for one Milvus bulk write (insert, flush, index build, load, drop), in seconds.",
+    )
+
     # --- retrieval
     top_k: int = Field(4, ge=1, le=20, description="Passages given to the generator.")
     candidates: int = Field(20, ge=1, le=200, description="Candidates per retriever before fusion.")

@@ -10,8 +10,14 @@ Layout under ``index_dir``::
         vectors.npy          # float32 (n, dim), unit rows; kept so updates reuse them
         faiss.index          # flat (exact) or HNSW (approximate), inner product
 
-A version folder is written complete under ``.tmp-...``, renamed into place,
-and only then named by ``CURRENT`` (replaced atomically). A crash at any point
+(``vectors.npy`` and ``faiss.index`` are the FAISS vector store's, the default; with
+``RAG_VECTOR_STORE=milvus`` the vectors live in a Milvus collection per version, which
+the manifest names, and the folder holds only the manifest and the chunk store:
+see ``rag.vectors``.)
+
+A version folder (and its vectors, wherever the vector store keeps them) is written
+complete under ``.tmp-...``, renamed into place, and only then named by ``CURRENT``
+(replaced atomically). A crash at any point
 leaves ``CURRENT`` naming a complete, older version; leftovers are removed by
 the next writer.
 
@@ -25,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -41,9 +46,10 @@ from typing import Any
 import numpy as np
 
 from rag.durable import fsync_dir, locked, open_lock_file
-from rag.errors import IndexFormatError, write_failed
-from rag.index import FORMAT_VERSION, Index, Manifest, build_faiss
+from rag.errors import IndexFormatError, RagError, write_failed
+from rag.index import FORMAT_VERSION, Index, Manifest
 from rag.types import Chunk
+from rag.vectors import Damaged, FaissStore, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +57,6 @@ CURRENT = "CURRENT"
 LOCK = "LOCK"
 MANIFEST = "manifest.json"
 CHUNKS = "chunks.jsonl"
-VECTORS = "vectors.npy"
-FAISS = "faiss.index"
 _VERSION_NAME = re.compile(r"^v-[0-9A-Za-z-]+$")
 REBUILD_HINT = "rebuild it with `rag ingest --rebuild`"
 WRITE_HINT = "run the command again (`rag ingest`, or the upload)"
@@ -75,9 +79,13 @@ def current_version(index_dir: Path) -> str | None:
     return name
 
 
-def load_index(index_dir: Path, embedder_id: str | None = None) -> Index:
-    """Load the live version; ``IndexFormatError`` (saying how to fix it) when missing, foreign or corrupt."""
+def load_index(index_dir: Path, embedder_id: str | None = None, store: VectorStore | None = None) -> Index:
+    """Load the live version; ``IndexFormatError`` (saying how to fix it) when missing, foreign or corrupt.
+
+    ``store`` holds the vectors (default: FAISS files in the version folder).
+    """
     index_dir = Path(index_dir)
+    store = store if store is not None else FaissStore()
     for _attempt in range(3):
         version = current_version(index_dir)
         if version is None:
@@ -85,11 +93,14 @@ def load_index(index_dir: Path, embedder_id: str | None = None) -> Index:
                 f"No index in {index_dir}. Build one with `rag ingest` (it reads --corpus / RAG_CORPUS_DIR)."
             )
         try:
-            return _load_version(index_dir, version, embedder_id)
-        except FileNotFoundError as exc:
-            # A writer may have replaced CURRENT and removed this version while we read: retry.
+            return _load_version(index_dir, version, embedder_id, store)
+        except (FileNotFoundError, IndexFormatError) as exc:
+            # A writer may have replaced CURRENT and removed this version (its folder, its Milvus
+            # collection) while we read: retry.
             if current_version(index_dir) != version:
                 continue
+            if isinstance(exc, IndexFormatError):
+                raise
             raise IndexFormatError(
                 f"Index {index_dir / version} is incomplete ({exc.filename} is missing): {REBUILD_HINT}."
             ) from exc
@@ -126,9 +137,7 @@ def _read_manifest(folder: Path) -> Manifest:
         raise IndexFormatError(f"{where} has a corrupt {MANIFEST} (bad field {exc}): {REBUILD_HINT}.") from exc
 
 
-def _load_version(index_dir: Path, version: str, embedder_id: str | None) -> Index:
-    import faiss
-
+def _load_version(index_dir: Path, version: str, embedder_id: str | None, store: VectorStore) -> Index:
     folder = index_dir / version
     if not folder.is_dir():
         raise FileNotFoundError(2, "No such version folder", str(folder))
@@ -139,6 +148,11 @@ def _load_version(index_dir: Path, version: str, embedder_id: str | None) -> Ind
             f"{where} was built with embedder {manifest.embedder_id!r}, but {embedder_id!r} is configured: "
             f"{REBUILD_HINT}."
         )
+    if manifest.backend != store.backend:
+        raise IndexFormatError(
+            f"{where} keeps its vectors in {manifest.backend}, but RAG_VECTOR_STORE is {store.backend}: "
+            f"set RAG_VECTOR_STORE={manifest.backend}, or {REBUILD_HINT}."
+        )
     files = manifest.files
 
     try:
@@ -147,29 +161,15 @@ def _load_version(index_dir: Path, version: str, embedder_id: str | None) -> Ind
     except (ValueError, KeyError, TypeError) as exc:
         raise IndexFormatError(f"{where} has a corrupt {CHUNKS} ({exc}): {REBUILD_HINT}.") from exc
     try:
-        buf = _read_checked(folder, VECTORS, files.get(VECTORS))
-        vectors = np.load(io.BytesIO(buf), allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
-        raise IndexFormatError(f"{where} has a corrupt {VECTORS} ({exc}): {REBUILD_HINT}.") from exc
-    try:
-        blob = _read_checked(folder, FAISS, files.get(FAISS))
-        faiss_index = faiss.deserialize_index(np.frombuffer(blob, dtype=np.uint8))
-    except RuntimeError as exc:  # faiss reports every decoding problem as RuntimeError
-        raise IndexFormatError(f"{where} has a corrupt {FAISS} ({str(exc).splitlines()[0]}): {REBUILD_HINT}.") from exc
+        dense = store.open(manifest, lambda name: _read_checked(folder, name, files.get(name)), len(chunks))
+    except Damaged as exc:
+        raise IndexFormatError(f"{where} {exc}: {REBUILD_HINT}.") from exc
 
     expected_ids = [cid for _, e in sorted(manifest.documents.items()) for cid in e.chunk_ids]
-    problems = []
-    if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape[1] != manifest.embedder_dim:
-        problems.append(f"vectors are {vectors.dtype} {vectors.shape}, expected float32 (n, {manifest.embedder_dim})")
-    elif vectors.shape[0] != len(chunks):
-        problems.append(f"{vectors.shape[0]} vectors for {len(chunks)} chunks")
-    if faiss_index.ntotal != len(chunks) or faiss_index.d != manifest.embedder_dim:
-        problems.append(f"FAISS holds {faiss_index.ntotal} vectors of dim {faiss_index.d} for {len(chunks)} chunks")
     if [c.id for c in chunks] != expected_ids:
-        problems.append("chunk ids do not match the manifest's documents")
-    if problems:
-        raise IndexFormatError(f"{where} is inconsistent ({'; '.join(problems)}): {REBUILD_HINT}.")
-    return Index(folder, manifest, chunks, vectors, faiss_index)
+        problem = "chunk ids do not match the manifest's documents"
+        raise IndexFormatError(f"{where} is inconsistent ({problem}): {REBUILD_HINT}.")
+    return Index(folder, manifest, chunks, dense)
 
 
 def _read_checked(folder: Path, name: str, expected: Mapping[str, Any] | None) -> bytes:
@@ -224,17 +224,22 @@ def writer_lock(index_dir: Path) -> Iterator[None]:
         yield
 
 
-def save_index(index_dir: Path, manifest: Manifest, chunks: Sequence[Chunk], vectors: np.ndarray) -> Index:
+def save_index(
+    index_dir: Path,
+    manifest: Manifest,
+    chunks: Sequence[Chunk],
+    vectors: np.ndarray,
+    store: VectorStore | None = None,
+) -> Index:
     """Write a new version and make it live atomically; returns it loaded.
 
     Call under ``writer_lock`` when other writers may run. ``manifest.index_version``,
-    ``created_at`` and ``files`` are filled in here. Old versions and stale
-    temporary folders are removed once the new one is live. A failed write (a
-    full disk, say) raises ``StorageError`` after removing what it wrote, so the
-    previous version stays live and byte-identical.
+    ``created_at``, ``files`` and ``vectors`` are filled in here. Old versions and stale
+    temporary folders (and their vectors in ``store``) are removed once the new one is
+    live. A failed write (a full disk, say) raises ``StorageError`` after removing what
+    it wrote, so the previous version stays live and byte-identical.
     """
-    import faiss
-
+    store = store if store is not None else FaissStore()
     index_dir = Path(index_dir)
     chunks = list(chunks)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -247,19 +252,19 @@ def save_index(index_dir: Path, manifest: Manifest, chunks: Sequence[Chunk], vec
     tmp = index_dir / f".tmp-{version}"
     folder = index_dir / version
     pointer = index_dir / f"{CURRENT}.tmp"
+    final = replace(manifest, index_version=version, created_at=now.isoformat(timespec="seconds"))
     try:
         index_dir.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-        faiss_index = build_faiss(vectors, manifest.index_type)
+        staged = store.stage(version, vectors, manifest.index_type)
+        final = replace(final, vectors=staged.record)
         files: dict[str, dict[str, Any]] = {}
         # Files first, manifest last (it carries their sizes and hashes).
         lines = "".join(_chunk_to_json(c) + "\n" for c in chunks).encode("utf-8")
         files[CHUNKS] = _write_durably(tmp / CHUNKS, lines)
-        npy = io.BytesIO()
-        np.save(npy, vectors, allow_pickle=False)
-        files[VECTORS] = _write_durably(tmp / VECTORS, npy.getvalue())
-        files[FAISS] = _write_durably(tmp / FAISS, faiss.serialize_index(faiss_index).tobytes())
-        final = replace(manifest, index_version=version, created_at=now.isoformat(timespec="seconds"), files=files)
+        for name, data in staged.files.items():
+            files[name] = _write_durably(tmp / name, data)
+        final = replace(final, files=files)
         _write_durably(tmp / MANIFEST, json.dumps(final.to_json(), indent=1, ensure_ascii=False).encode("utf-8"))
         fsync_dir(tmp)
         os.rename(tmp, folder)
@@ -275,17 +280,35 @@ def save_index(index_dir: Path, manifest: Manifest, chunks: Sequence[Chunk], vec
             if current_version(index_dir) != version:
                 shutil.rmtree(folder, ignore_errors=True)
                 pointer.unlink(missing_ok=True)
+                store.discard(final)
         if isinstance(exc, OSError):
             raise write_failed(exc, f"the index in {index_dir}", WRITE_HINT) from exc
         raise
     log.info("index version %s is live (%d chunks, %s)", version, len(chunks), manifest.index_type)
-    cleanup(index_dir)
-    return Index(folder, final, chunks, vectors, faiss_index)
+    try:
+        # CURRENT is the commit; the store's own pointer (a Milvus alias) follows it, for other readers.
+        store.publish(final)
+        cleanup(index_dir, store)
+    except RagError as exc:
+        # The new version is live and complete: a stale alias or an old version left over is put
+        # right by the next writer's cleanup, so this is no reason to fail the commit.
+        log.warning("index version %s is live, but tidying up after it failed: %s", version, exc)
+    return Index(folder, final, chunks, staged.index)
 
 
-def cleanup(index_dir: Path) -> None:
-    """Remove every version folder except the live one, and leftovers of interrupted writes."""
+def cleanup(index_dir: Path, store: VectorStore | None = None) -> None:
+    """Remove every version folder except the live one, and leftovers of interrupted writes.
+
+    With a ``store``, also its versions other than the live one (and so those an interrupted writer left).
+    """
     live = current_version(index_dir)
+    if store is not None:
+        try:
+            live_manifest = _read_manifest(Path(index_dir) / live) if live else None
+        except (IndexFormatError, OSError):
+            pass  # never guess which vectors are live
+        else:
+            store.cleanup(live_manifest)
     for entry in Path(index_dir).iterdir():
         stale = (entry.name.startswith("v-") and entry.name != live) or entry.name.startswith(".tmp-")
         if stale and entry.is_dir():

@@ -151,3 +151,7 @@ class QAPipeline(Protocol):
     def warm_next(self) -> bool:
         """Read one more passage into the state cache; False once all are kept (or nothing to warm)."""
         ...
+
+    def check(self) -> None:
+        """Raise a ``RagError`` saying what is wrong when a service it depends on (a Milvus server) is down."""
+        ...

@@ -193,6 +193,9 @@ class FakePipeline:
         time.sleep(0.005)  # a read takes time; a warmer that spins would show in the busy test
         return self.warmed < self.warm_passages
 
+    def check(self) -> None:
+        pass  # nothing it depends on can go down
+
     def info(self) -> dict[str, object]:
         return {
             "documents": len(self.docs),

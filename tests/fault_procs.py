@@ -73,6 +73,13 @@ def ingest_loop(index_dir: str, corpora: list[str], progress: str) -> None:
             log.write(f"committed {n % len(corpora)} exit {code}\n")
 
 
+def ingest_loop_milvus(index_dir: str, corpora: list[str], progress: str, milvus_uri: str) -> None:
+    """``ingest_loop`` with the vectors in Milvus at ``milvus_uri`` (the settings a user would export)."""
+    os.environ["RAG_VECTOR_STORE"] = "milvus"
+    os.environ["RAG_MILVUS_URI"] = milvus_uri
+    ingest_loop(index_dir, corpora, progress)
+
+
 def serve(corpus_dir: str, index_dir: str, port_file: str) -> None:
     """The HTTP service over the real pipeline with fake models; writes its port to ``port_file``."""
     _thread_lock_for_tqdm()

@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ERROR_RESPONSES, PipelineDep, StateDep
-from api.errors import RETRY_AFTER_SECONDS, error_json
+from api.errors import RETRY_AFTER_SECONDS, error_json, rag_error_status
 from api.metrics import CONTENT_TYPE
+from rag.errors import RagError
 
 router = APIRouter()
 
@@ -24,6 +25,12 @@ async def health() -> dict[str, str]:
 @router.get("/ready", summary="Readiness: 503 until the models and index are loaded.", responses=ERROR_RESPONSES)
 async def ready(state: StateDep) -> Response:
     if state.pipeline is not None:
+        try:
+            # Loaded, but a service it depends on (a Milvus server) may have gone away since.
+            await run_in_threadpool(state.pipeline.check)
+        except RagError as exc:
+            status, code, headers = rag_error_status(exc)
+            return error_json(status, code, f"The service is loaded but cannot answer: {exc}", headers)
         return JSONResponse({"status": "ready"})
     if state.load_error is not None:
         return error_json(503, "load_failed", f"The service could not load: {state.load_error}")

@@ -71,6 +71,9 @@ class PlainRag:
     def documents(self) -> list[DocInfo]:
         return self.pipeline.documents()
 
+    def check(self) -> None:
+        self.pipeline.check()
+
     def add_document(self, filename: str, data: bytes) -> DocInfo:
         raise NotImplementedError("the baseline only answers")
 

@@ -1,0 +1,350 @@
+"""The Milvus ``VectorStore``: a collection per index version behind an alias, through ``MilvusClient(uri=...)``.
+
+One code path for both deployments; only ``RAG_MILVUS_URI`` differs: a local ``*.db``
+path runs Milvus Lite inside this process (nothing to start, one process at a time),
+``http://host:19530`` is a Milvus server that several processes and machines share.
+
+What lives where: the manifest (with the per-document hashes that make ingest
+incremental) and the chunk store stay in ``RAG_INDEX_DIR`` as for FAISS, and so does
+the keyword index (bm25s, rebuilt in memory from the chunk store: ~3 s for 50k
+passages, so it fits beside Milvus; Milvus's own BM25 was not measured). The
+collection holds only ``(row, vector)``: row ``i`` is line ``i`` of the version's
+``chunks.jsonl``, exactly as for FAISS.
+
+Old or new, never a mix: a version's vectors go into a fresh collection
+``<name>_v_<version>``, which is filled, flushed, indexed and loaded before ``CURRENT``
+names the version (the commit, as for FAISS). A loaded index searches the collection
+its manifest names, so it can never see another version's rows; the alias ``<name>``
+is then switched to it (``alter_alias``) for anything else that reads by name, and every
+other ``<name>_v_*`` collection is dropped. A writer killed before the commit leaves a
+collection nothing names; the next writer drops it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import numpy as np
+
+from rag.errors import IndexFormatError, InputError, VectorStoreError
+from rag.index import Manifest, VectorIndex
+from rag.settings import Settings
+from rag.vectors import Damaged, ReadFile, Staged
+
+log = logging.getLogger(__name__)
+
+
+def _quiet() -> None:
+    """Silence the libraries' own error logs: a failure here becomes one error with the reason instead.
+
+    pymilvus logs each failed call at ERROR with its traceback (and configures its loggers when
+    imported, so this runs after that import); Milvus Lite's in-process gRPC server logs one for
+    a call it does not implement (AllocTimestamp, on every create_collection).
+    """
+    for name in ("pymilvus", "pymilvus.milvus_client", "milvus_lite", "grpc._server"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+ROW = "row"
+VECTOR = "vector"
+BATCH = 2000  # rows per insert or query: ~3 MB of 384-dim floats, well under gRPC's message limit
+SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
+
+T = TypeVar("T")
+
+
+def is_server(uri: str) -> bool:
+    """A Milvus server (by URL), rather than a Milvus Lite ``*.db`` path run in this process.
+
+    >>> is_server("http://127.0.0.1:19530"), is_server("index/milvus.db")
+    (True, False)
+    """
+    return uri.startswith(SERVER_SCHEMES)
+
+
+def shown(uri: str) -> str:
+    """The URI without credentials, for messages.
+
+    >>> shown("http://root:secret@db.local:19530")
+    'http://db.local:19530'
+    """
+    if not is_server(uri):
+        return uri
+    parts = urlsplit(uri)
+    return parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")).geturl()
+
+
+class MilvusStore:
+    """Index versions' vectors in Milvus; one client (a connection) shared by every call."""
+
+    backend = "milvus"
+
+    def __init__(self, client: Any, settings: Settings, uri: str) -> None:
+        self._client = client
+        self.uri = uri
+        self.alias = settings.milvus_collection
+        self.index_type = settings.milvus_index_type
+        self.timeout = settings.milvus_timeout_s
+        self.write_timeout = settings.milvus_write_timeout_s
+        self._settings = settings
+        self.last_switch_s = float("nan")  # how long the last alias switch took (rag bench reports it)
+
+    @classmethod
+    def connect(cls, settings: Settings) -> MilvusStore:
+        """Open Milvus at ``RAG_MILVUS_URI``; ``VectorStoreError`` with the reason when it cannot be reached."""
+        try:
+            from pymilvus import MilvusClient, MilvusException
+        except ImportError as exc:
+            raise InputError(
+                "RAG_VECTOR_STORE=milvus needs pymilvus and milvus-lite: pip install -e '.[milvus]'"
+            ) from exc
+        _quiet()
+        uri = settings.milvus_uri or str(Path(settings.index_dir) / "milvus.db")
+        if not is_server(uri):
+            if not uri.endswith(".db"):
+                raise InputError(
+                    f"RAG_MILVUS_URI={uri!r}: a local Milvus Lite path must end in .db; a server is http://host:19530."
+                )
+            path = Path(uri).expanduser().resolve()
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise InputError(f"RAG_MILVUS_URI={uri!r}: cannot create {path.parent} ({exc.strerror}).") from exc
+            uri = str(path)
+        try:
+            client = MilvusClient(uri=uri, token=settings.milvus_token or "", timeout=settings.milvus_timeout_s)
+        except MilvusException as exc:
+            if is_server(uri):
+                raise _unreachable(uri, "connect", exc) from None
+            raise VectorStoreError(
+                f"could not open Milvus Lite at {uri} ({_reason(exc)}): another process may have it open "
+                "(a .db serves one process at a time; stop the other, or run a Milvus server and set "
+                "RAG_MILVUS_URI to its http:// address)."
+            ) from None
+        return cls(client, settings, uri)
+
+    # ------------------------------------------------------------------ the protocol
+
+    def stage(self, version: str, vectors: np.ndarray, index_type: str) -> Staged:
+        from pymilvus import DataType, MilvusClient
+
+        name = self.collection(version)
+        n, dim = vectors.shape
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field(ROW, DataType.INT64, is_primary=True)
+        schema.add_field(VECTOR, DataType.FLOAT_VECTOR, dim=int(dim))
+        build = self._build_params(n)
+        params = self._client.prepare_index_params()
+        # Inner product on unit vectors is cosine similarity: the scores FAISS gives, so the
+        # refusal gate's RAG_MIN_DENSE_SCORE means the same on either store.
+        # Nested under "params" (the wire form every Milvus reads): pymilvus 3.0.2 otherwise sends each
+        # build parameter as its own key, which Milvus Lite 3.2.2 ignores (its HNSW then builds with M=16).
+        params.add_index(field_name=VECTOR, index_type=self.index_type, metric_type="IP", params={"params": build})
+        self._call("create a collection", self._client.create_collection, name, schema=schema, index_params=params)
+        for start in range(0, n, BATCH):
+            rows = [{ROW: start + i, VECTOR: v} for i, v in enumerate(vectors[start : start + BATCH])]
+            self._call("insert vectors", self._client.insert, name, rows, slow=True)
+        self._call("flush", self._client.flush, name, slow=True)
+        self._call("load a collection", self._client.load_collection, name, slow=True)
+        record = {"backend": self.backend, "collection": name, "index": {"type": self.index_type, **build}}
+        return Staged(MilvusIndex(self, name, n, dim), record=record)
+
+    def open(self, manifest: Manifest, read: ReadFile, rows: int) -> VectorIndex:
+        name = str((manifest.vectors or {}).get("collection", ""))
+        if not name or not self._call("look up a collection", self._client.has_collection, name):
+            raise Damaged(
+                f"names Milvus collection {name!r}, which Milvus at {shown(self.uri)} does not hold "
+                "(dropped, or RAG_MILVUS_URI points at another Milvus)"
+            )
+        # A restarted server has nothing loaded, and Milvus searches only loaded collections.
+        self._call("load a collection", self._client.load_collection, name, slow=True)
+        count = self.count(name)
+        if count != rows:
+            raise Damaged(f"is inconsistent (Milvus collection {name} holds {count} vectors for {rows} chunks)")
+        return MilvusIndex(self, name, rows, manifest.embedder_dim)
+
+    def publish(self, manifest: Manifest) -> None:
+        name = str((manifest.vectors or {})["collection"])
+        started = time.perf_counter()
+        aliases = self._call("list aliases", self._client.list_aliases)
+        if self.alias in _alias_names(aliases):
+            self._call("switch the alias", self._client.alter_alias, name, self.alias)
+        else:
+            self._call("create the alias", self._client.create_alias, name, self.alias)
+        self.last_switch_s = time.perf_counter() - started
+        log.info("alias %s -> %s in %.1f ms", self.alias, name, self.last_switch_s * 1000)
+
+    def discard(self, manifest: Manifest) -> None:
+        name = self.collection(manifest.index_version)
+        if self._call("look up a collection", self._client.has_collection, name):
+            self._call("drop a collection", self._client.drop_collection, name, slow=True)
+
+    def cleanup(self, live: Manifest | None) -> None:
+        keep = str(live.vectors["collection"]) if live is not None and live.vectors else None
+        if keep is not None:
+            described = self._call("describe the alias", self._describe_alias)
+            if described != keep:  # a writer killed between CURRENT and the alias switch
+                self.publish(live)  # type: ignore[arg-type]
+        prefix = f"{self.alias}_v_"
+        for name in self._call("list collections", self._client.list_collections):
+            if name.startswith(prefix) and name != keep:
+                self._call("drop a collection", self._client.drop_collection, name, slow=True)
+
+    def check(self) -> None:
+        self._call("list collections", self._client.list_collections)
+
+    def close(self) -> None:
+        """Drop the connection; for Milvus Lite also stop its in-process server, so another process may open it."""
+        self._client.close()
+        if not is_server(self.uri):
+            from milvus_lite import server_manager_instance
+
+            server_manager_instance.release_server(self.uri)
+
+    # ------------------------------------------------------------------ helpers
+
+    def collection(self, version: str) -> str:
+        return collection_name(self.alias, version)
+
+    def count(self, name: str) -> int:
+        result = self._call("count vectors", self._client.query, name, filter="", output_fields=["count(*)"])
+        return int(result[0]["count(*)"])
+
+    def _describe_alias(self, timeout: float) -> str | None:
+        from pymilvus import MilvusException
+
+        try:
+            return str(self._client.describe_alias(self.alias, timeout=timeout)["collection_name"])
+        except MilvusException as exc:
+            if _not_found(exc):
+                return None
+            raise
+
+    def _build_params(self, n: int) -> dict[str, Any]:
+        s = self._settings
+        if self.index_type == "HNSW":
+            return {"M": s.milvus_hnsw_m, "efConstruction": s.milvus_hnsw_ef_construction}
+        if self.index_type == "IVF_FLAT":
+            # k-means wants ~40 vectors a cell; a small index gets fewer cells rather than a failed build.
+            return {"nlist": max(1, min(s.milvus_ivf_nlist, n // 39))}
+        return {}
+
+    def search_params(self, k: int) -> dict[str, Any]:
+        s = self._settings
+        if self.index_type == "HNSW":
+            # ef below k would return fewer than k results.
+            return {"metric_type": "IP", "params": {"ef": max(s.milvus_ef_search, k)}}
+        if self.index_type == "IVF_FLAT":
+            return {"metric_type": "IP", "params": {"nprobe": s.milvus_ivf_nprobe}}
+        return {"metric_type": "IP", "params": {}}
+
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, slow: bool = False, **kwargs: Any) -> T:
+        """One Milvus call within the store's timeout (``slow``: a bulk write's); a failure as one error saying
+        what to do."""
+        import grpc
+        from pymilvus import MilvusException
+
+        timeout = self.write_timeout if slow else self.timeout
+        try:
+            return fn(*args, timeout=timeout, **kwargs)
+        except grpc.RpcError as exc:  # some failures (a deadline, say) reach us as gRPC's own error
+            code = exc.code() if isinstance(exc, grpc.Call) else None
+            why = f"no answer within {timeout:g} s" if code == grpc.StatusCode.DEADLINE_EXCEEDED else str(code)
+            raise _unreachable(self.uri, what, why) from None
+        except MilvusException as exc:
+            if _not_found(exc):
+                raise IndexFormatError(
+                    f"Milvus at {shown(self.uri)} could not {what}: {_reason(exc)}. The index changed since this "
+                    "process loaded it (another writer?): restart it, or rebuild with `rag ingest --rebuild`."
+                ) from None
+            raise _unreachable(self.uri, what, exc) from None
+
+
+class MilvusIndex:
+    """One committed version's collection, searched directly (never through the alias, which may move on)."""
+
+    def __init__(self, store: MilvusStore, name: str, rows: int, dim: int) -> None:
+        self.store = store
+        self.name = name
+        self.rows = rows
+        self.dim = dim
+
+    def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        s = self.store
+        found = s._call(
+            "search",
+            s._client.search,
+            self.name,
+            data=[query.tolist()],
+            limit=k,
+            search_params=s.search_params(k),
+            output_fields=[ROW],
+        )
+        hits = list(found[0]) if found else []
+        scores = np.array([float(h["distance"]) for h in hits], dtype=np.float32)
+        rows = np.array([int(h[ROW]) for h in hits], dtype=np.int64)
+        return scores, rows
+
+    def count(self) -> int:
+        return self.store.count(self.name)
+
+    def fetch(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.rows)
+        out = np.zeros((max(0, stop - start), self.dim), dtype=np.float32)
+        seen = 0
+        s = self.store
+        for first in range(start, stop, BATCH):
+            last = min(stop, first + BATCH)
+            part = s._call(
+                "read vectors",
+                s._client.query,
+                self.name,
+                filter=f"{ROW} >= {first} and {ROW} < {last}",
+                output_fields=[ROW, VECTOR],
+                limit=last - first,
+            )
+            for item in part:
+                out[int(item[ROW]) - start] = np.asarray(item[VECTOR], dtype=np.float32)
+            seen += len(part)
+        if seen != len(out):
+            raise IndexFormatError(
+                f"Milvus collection {self.name} returned {seen} of rows {start}-{stop}: "
+                "rebuild it with `rag ingest --rebuild`."
+            )
+        return out
+
+
+def collection_name(alias: str, version: str) -> str:
+    """The collection of an index version (Milvus names take letters, digits and underscores).
+
+    >>> collection_name("rag", "v-20261204T201500123456-3fa2c1")
+    'rag_v_20261204T201500123456_3fa2c1'
+    """
+    return f"{alias}_v_{version.removeprefix('v-').replace('-', '_')}"
+
+
+def _alias_names(listed: Any) -> list[str]:
+    names = listed.get("aliases", []) if isinstance(listed, dict) else listed
+    return [str(a) for a in names]
+
+
+def _reason(exc: Exception) -> str:
+    return str(getattr(exc, "message", "") or exc).strip() or type(exc).__name__
+
+
+def _not_found(exc: Exception) -> bool:
+    text = _reason(exc).lower()
+    return "not exist" in text or "not found" in text or "can't find" in text
+
+
+def _unreachable(uri: str, what: str, exc: Exception | str) -> VectorStoreError:
+    why = exc if isinstance(exc, str) else _reason(exc)
+    return VectorStoreError(
+        f"Milvus at {shown(uri)} is unreachable (could not {what}: {why}); check that it is running "
+        "and that RAG_MILVUS_URI points at it."
+    )
