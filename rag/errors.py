@@ -19,6 +19,10 @@ class ModelError(RagError):
     """A model file is missing, corrupt, or does not match its expected hash."""
 
 
+class UnreachableError(RagError):
+    """A server the settings point at (the model server) is down, unreachable or too slow; retry later."""
+
+
 class StorageError(RagError):
     """Writing to disk failed (full, over quota, read-only); whatever was live before is still in place."""
 

@@ -275,6 +275,11 @@ class Pipeline:
             confidence=confidence,
         )
 
+    def check_ready(self) -> None:
+        """Raise a ``RagError`` when the generator cannot answer now (its server is down); /ready asks this."""
+        if self.generator is not None:
+            self.generator.check_ready()
+
     def warm_next(self) -> bool:
         """Have the model read the next passage (in index order) whose state is not kept yet.
 

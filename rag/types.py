@@ -143,6 +143,10 @@ class QAPipeline(Protocol):
 
     def info(self) -> dict[str, object]: ...
 
+    def check_ready(self) -> None:
+        """Raise a ``RagError`` when a part answers need is out of reach now (a model server that is down)."""
+        ...
+
     def warm_next(self) -> bool:
         """Read one more passage into the state cache; False once all are kept (or nothing to warm)."""
         ...

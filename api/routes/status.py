@@ -10,8 +10,9 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from api.deps import ERROR_RESPONSES, PipelineDep, StateDep
-from api.errors import RETRY_AFTER_SECONDS, error_json
+from api.errors import RETRY_AFTER_SECONDS, error_json, rag_error_status
 from api.metrics import CONTENT_TYPE
+from rag.errors import RagError
 
 router = APIRouter()
 
@@ -21,9 +22,19 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: 503 until the models and index are loaded.", responses=ERROR_RESPONSES)
+@router.get(
+    "/ready",
+    summary="Readiness: 503 until the models and index are loaded, and while a model server is unreachable.",
+    responses=ERROR_RESPONSES,
+)
 async def ready(state: StateDep) -> Response:
     if state.pipeline is not None:
+        try:
+            # Cheap in process; with RAG_GENERATOR=openai one short request for the server's model list.
+            await run_in_threadpool(state.pipeline.check_ready)
+        except RagError as exc:
+            status, code, headers = rag_error_status(exc)
+            return error_json(status, code, str(exc), headers)
         return JSONResponse({"status": "ready"})
     if state.load_error is not None:
         return error_json(503, "load_failed", f"The service could not load: {state.load_error}")

@@ -82,3 +82,6 @@ class PlainRag:
 
     def warm_next(self) -> bool:
         return False
+
+    def check_ready(self) -> None:
+        self.pipeline.check_ready()
