@@ -193,7 +193,8 @@ class OpenAIGenerator:
         #: (tokenize path, detokenize path) once found; () when the server has none; None until asked.
         self._tokenizer: tuple[str, str] | tuple[()] | None = None
         self._prefix: list[int] = []  # ids the tokenize endpoint puts before any text (a BOS), to strip
-        self._pieces: dict[str, frozenset[str]] = {}  # first-token texts of a reply, by reply
+        self._start: dict[str, list[int]] = {}  # first-token ids of a reply, by reply
+        self._pieces: dict[str, frozenset[str]] = {}  # their texts
         self._logprobs: bool | None = None  # does the server return them? None until seen
         self.last_prompt_tokens = 0
         self.last_completion_tokens = 0
@@ -377,7 +378,12 @@ class OpenAIGenerator:
         return None
 
     def _start_ids(self, text: str) -> list[int] | None:
-        """First token ids of ``text``, bare and after a space (as ``start_token_ids``); None without a tokenizer."""
+        """First token ids of ``text``, bare and after a space (as ``start_token_ids``); None without a tokenizer.
+
+        Remembered: every answer bars NOT FOUND, and the ids never change while the server runs its model.
+        """
+        if text in self._start:
+            return self._start[text]
         firsts = set()
         for variant in (text, " " + text):
             ids = self._encode(variant)
@@ -385,7 +391,8 @@ class OpenAIGenerator:
                 return None
             if ids:
                 firsts.add(ids[0])
-        return sorted(firsts)
+        self._start[text] = sorted(firsts)
+        return self._start[text]
 
     def _counts(self, text: str) -> Callable[[str], bool]:
         """Which first-token texts count as starting ``text``: exactly its first tokens' texts, if known."""
