@@ -225,10 +225,10 @@ class OpenAIGenerator:
         if status in (401, 403):
             return ModelError(f"{where} refused the key ({status}); set RAG_GENERATOR_API_KEY to a key it accepts.")
         if status == 404:
-            return ModelError(
-                f"{where} answered 404 ({why}): RAG_GENERATOR_URL should end in /v1, and "
-                f"RAG_GENERATOR_SERVER_MODEL name one of its models (now {self._model!r})."
+            model = (
+                f" (RAG_GENERATOR_SERVER_MODEL, now {self._model!r}, must be one of its models)" if self._model else ""
             )
+            return ModelError(f"{where} answered 404 ({why}): RAG_GENERATOR_URL should end in /v1{model}.")
         if status in (400, 413, 422):
             # Mostly a prompt longer than the server's context, which is the question's or the settings' to fix.
             return InputError(
@@ -264,9 +264,7 @@ class OpenAIGenerator:
                     log.warning("model server %s: %s; retrying", self.url, exc)
                     continue
                 raise self._unreachable(exc) from exc
-            except httpx.TimeoutException as exc:  # the server took the request but sent nothing in time
-                raise self._unreachable(exc) from exc
-            except httpx.HTTPError as exc:
+            except httpx.HTTPError as exc:  # a read timeout: the server took the request and went silent
                 raise self._unreachable(exc) from exc
             if response.is_success:
                 return response
@@ -324,10 +322,8 @@ class OpenAIGenerator:
                 ):
                     try:
                         self._prefix = self._tokenize(pair[0], "")
-                    except InputError:
-                        continue  # a 400/422: an endpoint by that name that wants other fields
-                    except ModelError:
-                        continue  # 404/405: not this server's
+                    except (InputError, ModelError):
+                        continue  # 404/405, or 400/422 from an endpoint by that name that wants other fields
                     found = pair
                     break
                 else:
