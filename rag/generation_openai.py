@@ -261,7 +261,7 @@ class OpenAIGenerator:
                 response = self._client.send(request, stream=stream)
             except RETRY_ERRORS as exc:
                 if attempt + 1 < attempts:
-                    log.warning("model server %s: %s; retrying", self.url, exc)
+                    log.info("model server %s: %s; retrying", self.url, exc)  # the error, if it lasts, says it all
                     continue
                 raise self._unreachable(exc) from exc
             except httpx.HTTPError as exc:  # a read timeout: the server took the request and went silent
@@ -272,7 +272,7 @@ class OpenAIGenerator:
                 response.read()  # the error body, for its message
                 response.close()
             if response.status_code in RETRY_STATUSES and attempt + 1 < attempts:
-                log.warning("model server %s answered %d; retrying", self.url, response.status_code)
+                log.info("model server %s answered %d; retrying", self.url, response.status_code)
                 continue
             raise self._refused(response)
         raise AssertionError("unreachable: the loop returns or raises")
