@@ -53,6 +53,10 @@ CONNECT_TIMEOUT_S = 5.0
 READY_TIMEOUT_S = 5.0
 #: Statuses a server gives while it starts, restarts or sheds load (llama.cpp: 503 "Loading model").
 RETRY_STATUSES = frozenset({502, 503, 504})
+#: How servers that cannot give logprobs refuse a request for them: llama-cpp-python's server started
+#: with --logits_all False answers 500 ("logprobs is not supported ..."; seen here), and a request
+#: validator that does not take the fields answers 400 or 422.
+LOGPROB_REFUSALS = frozenset({400, 422, 500})
 #: Failures before a server answered anything: safe to send again.
 RETRY_ERRORS = (httpx.ConnectError, httpx.ConnectTimeout, httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError)
 #: Sampling that makes every server greedy and plain: temperature 0 is greedy on llama.cpp, vLLM
@@ -196,6 +200,7 @@ class OpenAIGenerator:
         self._start: dict[str, list[int]] = {}  # first-token ids of a reply, by reply
         self._pieces: dict[str, frozenset[str]] = {}  # their texts
         self._logprobs: bool | None = None  # does the server return them? None until seen
+        self._refusal_logged = False
         self.last_prompt_tokens = 0
         self.last_completion_tokens = 0
 
@@ -246,10 +251,12 @@ class OpenAIGenerator:
         stream: bool = False,
         retries: int | None = None,
         timeout: float | None = None,
+        accept: frozenset[int] = frozenset(),
     ) -> httpx.Response:
         """Send with retries on what a server that is (re)starting does; a 2xx response or a ``RagError``.
 
-        With ``stream`` the body is left unread (the caller closes the response).
+        With ``stream`` the body is left unread (the caller closes the response). A status in
+        ``accept`` is returned too, for the caller to judge.
         """
         attempts = 1 + (self.retries if retries is None else retries)
         extra: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
@@ -266,7 +273,7 @@ class OpenAIGenerator:
                 raise self._unreachable(exc) from exc
             except httpx.HTTPError as exc:  # a read timeout: the server took the request and went silent
                 raise self._unreachable(exc) from exc
-            if response.is_success:
+            if response.is_success or (response.status_code in accept and not stream):
                 return response
             if stream:
                 response.read()  # the error body, for its message
@@ -278,7 +285,9 @@ class OpenAIGenerator:
         raise AssertionError("unreachable: the loop returns or raises")
 
     def _json(self, method: str, url: str, body: Any = None, **kwargs: Any) -> Any:
-        response = self._send(method, url, body, **kwargs)
+        return self._parse(self._send(method, url, body, **kwargs), url)
+
+    def _parse(self, response: httpx.Response, url: str) -> Any:
         try:
             return response.json()
         except ValueError as exc:
@@ -463,7 +472,21 @@ class OpenAIGenerator:
         if self._logprobs is False:
             return None
         body = {**self._body(messages, 1), "logprobs": True, "top_logprobs": TOP_LOGPROBS}
-        entries = top_logprobs(self._json("POST", "chat/completions", body))
+        response = self._send("POST", "chat/completions", body, accept=LOGPROB_REFUSALS)
+        if not response.is_success:
+            # Some servers refuse the logprobs fields rather than ignore them. Not remembered: the
+            # same status can mean a prompt too long for the server, which the answer's own
+            # request then reports; a server that refuses them costs one quick failure a question.
+            if not self._refusal_logged:
+                log.warning(
+                    "the model server at %s refused a request for logprobs (%d: %s); reading without them",
+                    self.url,
+                    response.status_code,
+                    _server_message(response),
+                )
+                self._refusal_logged = True
+            return None
+        entries = top_logprobs(self._parse(response, "chat/completions"))
         if entries is None and self._logprobs is None:
             log.warning(
                 "the model server at %s returns no logprobs: refusals rest on the model writing NOT FOUND "

@@ -137,8 +137,24 @@ def test_retries_run_out_into_unreachable(server: FakeOpenAIServer) -> None:
 def test_client_errors_are_not_retried(server: FakeOpenAIServer, status: int, error: type, words: str) -> None:
     server.knobs.fail_first, server.knobs.fail_status = 1, status
     with pytest.raises(error, match=words):
-        generator(server.url, model="tiny-model").start_probability(MESSAGES, NOT_FOUND)
+        list(generator(server.url, model="tiny-model").stream(MESSAGES, max_tokens=8))
     assert len(server.chats()) == 1
+
+
+@pytest.mark.parametrize("status", [400, 500])
+def test_a_server_that_refuses_logprobs_is_read_without_them(
+    server: FakeOpenAIServer, status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    """llama-cpp-python's server without logits_all answers 500 to a logprobs request (checked by hand)."""
+    server.knobs.fail_first, server.knobs.fail_status = 2, status
+    gen = generator(server.url, model="tiny-model")
+    with caplog.at_level(logging.WARNING, logger="rag.generation_openai"):
+        assert gen.start_probability(MESSAGES, NOT_FOUND) is None
+        assert gen.start_probability(MESSAGES, NOT_FOUND) is None
+    assert sum("refused a request for logprobs" in r.getMessage() for r in caplog.records) == 1
+    # Not remembered: once the server gives them, they are used.
+    assert gen.start_probability(MESSAGES, NOT_FOUND) == pytest.approx(0.35)
+    assert len(server.chats()) == 3 and all(c["logprobs"] for c in server.chats())
 
 
 def test_a_closed_port_is_unreachable_after_the_retries() -> None:
