@@ -15,7 +15,16 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from rag.errors import BusyError, IndexFormatError, InputError, ModelError, RagError, StorageError, VectorStoreError
+from rag.errors import (
+    BusyError,
+    IndexFormatError,
+    InputError,
+    ModelError,
+    RagError,
+    StorageError,
+    UnreachableError,
+    VectorStoreError,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +57,9 @@ def rag_error_status(exc: RagError) -> tuple[int, str, dict[str, str]]:
         return 503, "busy", retry
     if isinstance(exc, NotReadyError):
         return 503, "not_ready", retry
+    if isinstance(exc, UnreachableError):
+        # A model server that is down or restarting: the same request may well work in a moment.
+        return 503, "server_unreachable", retry
     if isinstance(exc, InputError):
         return 400, "bad_input", {}
     # The index or a model is missing or broken: the service cannot answer until an operator fixes it.

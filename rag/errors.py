@@ -23,6 +23,10 @@ class VectorStoreError(RagError):
     """The vector store (a Milvus server, say) is down or unreachable; the index itself may be fine."""
 
 
+class UnreachableError(RagError):
+    """A server the settings point at (the model server) is down, unreachable or too slow; retry later."""
+
+
 class StorageError(RagError):
     """Writing to disk failed (full, over quota, read-only); whatever was live before is still in place."""
 

@@ -1,18 +1,20 @@
-"""Generation stage: chat messages -> streamed text from a local model.
+"""Generation stage: chat messages -> streamed text from a model.
 
-``Generator`` is the seam; backends: llama.cpp (default, the shipped GGUF) and
-transformers. Deterministic by default: greedy decoding with a fixed seed.
+``Generator`` is the seam; backends: llama.cpp (default, the shipped GGUF),
+transformers, and any OpenAI-compatible server over HTTP. Deterministic by
+default: greedy decoding with a fixed seed.
 
-Both backends also score "is the answer Yes?" from the model's next-token logits
-(``yes_probability``), which the reranker and the support check use as a judge.
-Heavy libraries are imported inside the constructors, so importing this module
-stays cheap and tests with fakes never load them.
+Every backend also scores "is the answer Yes?" from the model's next-token logits
+(``yes_probability``; on a server, from its top logprobs), which the reranker uses
+as a judge. Heavy libraries are imported inside the constructors, so importing this
+module stays cheap and tests with fakes never load them.
 
 This module holds what every backend shares: the protocols, the small pure helpers
 (first-token ids, the yes/no softmax, a reply's start mass, the plain chat prompt) and
-``load_generator``. The backends live apart, in ``rag.generation_llama`` and
-``rag.generation_hf``, because together they were most of the code and share nothing
-but these helpers; ``load_generator`` imports the one it builds, inside the function.
+``load_generator``. The backends live apart, in ``rag.generation_llama``,
+``rag.generation_hf`` and ``rag.generation_openai``, because together they were most
+of the code and share nothing but these helpers; ``load_generator`` imports the one
+it builds, inside the function.
 """
 
 from __future__ import annotations
@@ -55,6 +57,10 @@ class Generator(Protocol):
     def start_probability(self, messages: Sequence[Message], text: str) -> float | None:
         """P(the assistant's first reply token is the first token of ``text``), over the whole
         vocabulary; None when the backend cannot tell."""
+        ...
+
+    def check_ready(self) -> None:
+        """Raise a ``RagError`` when the model cannot answer now (its server is down); in process it always can."""
         ...
 
     def keep_state(self, messages: Sequence[Message], *, pin: bool = False) -> bool:
@@ -155,6 +161,23 @@ def plain_chat_prompt(messages: Sequence[Message]) -> str:
 
 def load_generator(settings: Settings) -> Generator:
     """Build the generator the settings ask for (loads the model: call once, then inject it)."""
+    if settings.generator == "openai":
+        from rag.generation_openai import OpenAIGenerator
+
+        if not settings.generator_url:
+            raise InputError(
+                "RAG_GENERATOR=openai needs RAG_GENERATOR_URL: the model server's base URL, ending in /v1 "
+                "(e.g. http://127.0.0.1:8080/v1)."
+            )
+        key = settings.generator_api_key
+        return OpenAIGenerator(
+            settings.generator_url,
+            api_key=key.get_secret_value() if key is not None else None,
+            model=settings.generator_server_model,
+            timeout_s=settings.generator_timeout_s,
+            retries=settings.generator_retries,
+            seed=settings.seed,
+        )
     path = settings.generator_path
     if settings.generator == "transformers":
         from rag.generation_hf import TransformersGenerator

@@ -133,6 +133,9 @@ class TransformersGenerator:
         """P(the reply starts with ``text``'s first token), softmax over the whole vocabulary."""
         return start_mass(self._next_logits(messages), start_token_ids(self._encode, text))
 
+    def check_ready(self) -> None:
+        """In process: once loaded, the model is always there."""
+
     def keep_state(self, messages: Sequence[Message], *, pin: bool = False) -> bool:
         """No KV reuse here: transformers re-reads every prompt in full."""
         return False

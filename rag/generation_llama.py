@@ -139,6 +139,9 @@ class LlamaCppGenerator:
         result = formatter(messages=list(messages))
         return list(self._llm.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True))
 
+    def check_ready(self) -> None:
+        """In process: once loaded, the model is always there."""
+
     def keep_prefix(self, messages: Sequence[Message]) -> int:
         """Evaluate ``messages`` (the fixed start of many prompts) now and keep its KV state aside.
 

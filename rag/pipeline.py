@@ -279,6 +279,12 @@ class Pipeline:
             confidence=confidence,
         )
 
+    def check_ready(self) -> None:
+        """Raise a ``RagError`` when a server answers need is out of reach now (Milvus, the model's); /ready asks."""
+        self.store.check()
+        if self.generator is not None:
+            self.generator.check_ready()
+
     def warm_next(self) -> bool:
         """Have the model read the next passage (in index order) whose state is not kept yet.
 
@@ -397,9 +403,6 @@ class Pipeline:
         )
         self._warm_cursor = 0  # new or changed chunks may sit anywhere in the new index
         self._warmed = 0
-
-    def check(self) -> None:
-        self.store.check()
 
     def info(self) -> dict[str, object]:
         index = self._retriever.index

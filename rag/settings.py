@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -101,12 +101,41 @@ class Settings(BaseSettings):
     rerank_candidates: int = Field(8, ge=1, le=50, description="Fused candidates the reranker scores.")
 
     # --- generation
-    generator: Literal["llama", "transformers"] = Field("llama", description="Generator backend.")
+    generator: Literal["llama", "transformers", "openai"] = Field(
+        "llama",
+        description="Generator backend: llama.cpp in process, transformers in process, or any server speaking "
+        "the OpenAI chat API at RAG_GENERATOR_URL.",
+    )
     generator_model: Literal["qwen2.5-coder-1.5b", "qwen2.5-coder-0.5b"] = Field(
         "qwen2.5-coder-1.5b", description="Shipped GGUF used when RAG_GENERATOR_PATH is unset."
     )
     generator_path: Path | None = Field(
         None, description="A GGUF file (llama) or a Hugging Face folder (transformers); default: the shipped 1.5B."
+    )
+    # --- the generator on a server (RAG_GENERATOR=openai; see README "The model on any OpenAI-compatible server")
+    generator_url: str | None = Field(
+        None,
+        description="Base URL of an OpenAI-compatible server, ending in /v1 (e.g. http://127.0.0.1:8080/v1); "
+        "used when RAG_GENERATOR=openai.",
+    )
+    # A SecretStr: a printed or logged Settings shows '**********', never the key.
+    generator_api_key: SecretStr | None = Field(
+        None, description="Sent as 'Authorization: Bearer KEY' to RAG_GENERATOR_URL; never logged."
+    )
+    generator_server_model: str | None = Field(
+        None, description="Model name to ask the server for; default: the first one its /v1/models lists."
+    )
+    # 120 s: the longest wait for the server's next bytes (not for a whole reply, which streams). A
+    # cold prompt of ~1,000 tokens takes ~30 s on 2 CPU cores, so this leaves room for a slow box.
+    generator_timeout_s: float = Field(
+        120.0, gt=0, description="Longest wait for the model server's next bytes, in seconds."
+    )
+    generator_retries: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Retries (with backoff: 0.5 s, 1 s, 2 s, ...) when the model server cannot be reached or "
+        "answers 502/503/504; never on other errors, nor once a reply has started.",
     )
     n_ctx: int = Field(4096, ge=512)
     n_threads: int = Field(2, ge=1)

@@ -148,10 +148,10 @@ class QAPipeline(Protocol):
 
     def info(self) -> dict[str, object]: ...
 
-    def warm_next(self) -> bool:
-        """Read one more passage into the state cache; False once all are kept (or nothing to warm)."""
+    def check_ready(self) -> None:
+        """Raise a ``RagError`` saying what is out of reach now (a Milvus or model server that is down)."""
         ...
 
-    def check(self) -> None:
-        """Raise a ``RagError`` saying what is wrong when a service it depends on (a Milvus server) is down."""
+    def warm_next(self) -> bool:
+        """Read one more passage into the state cache; False once all are kept (or nothing to warm)."""
         ...

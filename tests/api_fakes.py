@@ -73,6 +73,7 @@ class FakePipeline:
         self.delay = delay  # seconds before each streamed piece
         self.unsupported = unsupported  # an extra sentence the "verifier" rejects
         self.fail_with = fail_with  # raised after the first piece
+        self.unreachable: Exception | None = None  # raised by check_ready (a model server that is down)
         # Cleared: generation waits before its first piece until set (to hold the model busy).
         self.release = threading.Event()
         self.release.set()
@@ -187,14 +188,15 @@ class FakePipeline:
             raise InputError(f"no document with id {doc_id!r}")
         del self.docs[doc_id]
 
+    def check_ready(self) -> None:
+        if self.unreachable is not None:
+            raise self.unreachable
+
     def warm_next(self) -> bool:
         # Counts the calls (the idle warmer's test); there is nothing to keep.
         self.warmed += 1
         time.sleep(0.005)  # a read takes time; a warmer that spins would show in the busy test
         return self.warmed < self.warm_passages
-
-    def check(self) -> None:
-        pass  # nothing it depends on can go down
 
     def info(self) -> dict[str, object]:
         return {

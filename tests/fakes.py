@@ -59,6 +59,9 @@ class FakeGenerator:
     def keep_state(self, messages: Sequence[Message], *, pin: bool = False) -> bool:
         return False
 
+    def check_ready(self) -> None:
+        pass  # in process: always there
+
 
 class ScoringFakeGenerator(FakeGenerator):
     """A FakeGenerator that also states its P(reply starts NOT FOUND), like the llama backend."""

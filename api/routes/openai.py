@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
 
 from api import openai_compat
 from api.answering import ClosingStreamingResponse, collect, generate, openai_events
@@ -34,6 +35,8 @@ async def v1_chat(
     except ValueError as exc:
         raise ApiError(422, "invalid_request", f"messages: {exc}") from None
     check_question(question, state.settings)
+    if body.stream:  # as /ask: a model server that is down is a 503 before the stream starts
+        await run_in_threadpool(pipeline.check_ready)
     ticket = await gate.enter(request.is_disconnected)
     if ticket is None:
         return client_gone()

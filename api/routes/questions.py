@@ -26,12 +26,17 @@ router = APIRouter()
 async def ask(body: AskRequest, request: Request, pipeline: PipelineDep, gate: GateDep, state: StateDep) -> Response:
     check_question(body.question, state.settings)
     history = tuple(Turn(role=t.role, content=t.content) for t in body.history)
+    streaming = wants_stream(body.stream, request)
+    if streaming:
+        # A stream's status goes out before the answer starts: a model server that is down
+        # must say so now, as a 503 + Retry-After, not as a 200 that ends in an error event.
+        await run_in_threadpool(pipeline.check_ready)
     # Wait for the model before answering, so a stream that waits too long still gets a real
     # 503 + Retry-After rather than a 200 that ends in an error event.
     ticket = await gate.enter(request.is_disconnected)
     if ticket is None:
         return client_gone()
-    if wants_stream(body.stream, request):
+    if streaming:
         stream = generate(pipeline, ticket, body.question, history, body.k, state.metrics)
         return ClosingStreamingResponse(sse_events(stream), ticket.release, "text/event-stream")
     try:

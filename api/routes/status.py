@@ -22,12 +22,17 @@ async def health() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/ready", summary="Readiness: 503 until the models and index are loaded.", responses=ERROR_RESPONSES)
+@router.get(
+    "/ready",
+    summary="Readiness: 503 until the models and index are loaded, and while a model server is unreachable.",
+    responses=ERROR_RESPONSES,
+)
 async def ready(state: StateDep) -> Response:
     if state.pipeline is not None:
         try:
-            # Loaded, but a service it depends on (a Milvus server) may have gone away since.
-            await run_in_threadpool(state.pipeline.check)
+            # Loaded, but a server it depends on (Milvus, the model's) may have gone away since. Cheap in
+            # process; one short request to each server otherwise.
+            await run_in_threadpool(state.pipeline.check_ready)
         except RagError as exc:
             status, code, headers = rag_error_status(exc)
             return error_json(status, code, f"The service is loaded but cannot answer: {exc}", headers)

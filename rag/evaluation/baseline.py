@@ -71,9 +71,6 @@ class PlainRag:
     def documents(self) -> list[DocInfo]:
         return self.pipeline.documents()
 
-    def check(self) -> None:
-        self.pipeline.check()
-
     def add_document(self, filename: str, data: bytes) -> DocInfo:
         raise NotImplementedError("the baseline only answers")
 
@@ -85,3 +82,6 @@ class PlainRag:
 
     def warm_next(self) -> bool:
         return False
+
+    def check_ready(self) -> None:
+        self.pipeline.check_ready()
