@@ -166,7 +166,8 @@ class AnswerOut(OutModel):
     notes: list[str]
     confidence: float | None = Field(
         description="How likely the answer is right: 1 minus the model's probability of replying NOT FOUND "
-        "on what it answered from, calibrated on the gold set (rag.decision.calibrated); null when not measured."
+        "on what it answered from, calibrated on the gold set (rag.decision.calibrated). On a refusal, that "
+        "probability uncalibrated. Null when not measured."
     )
     draft: str = Field(description="The model's unverified output, to see what verification changed.")
 

@@ -194,7 +194,7 @@ _UNITS = {
 }
 _UNIT_KIND = {stem: kind for kind, stems in _UNITS.items() for stem in stems.split()}
 _ASKS_UNIT = re.compile(r"\bhow\s+many\s+([A-Za-z]+)", re.IGNORECASE)
-_ASKS_KIND = {"far": "distance", "old": "time"}  # "how far" / "how old"
+_ASKS_FAR = re.compile(r"\bhow\s+far\b", re.IGNORECASE)  # not "how old": news gives ages bare ("Kim, 40,")
 _SCALE = frozenset({"hundr", "thousand", "million", "billion"})
 
 
@@ -208,8 +208,7 @@ def asked_unit(question: str) -> str | None:
     """
     if m := _ASKS_UNIT.search(question):
         return _UNIT_KIND.get(_stemmer.stemWord(m.group(1).lower()))
-    m = re.search(r"\bhow\s+(far|old)\b", question, re.IGNORECASE)
-    return _ASKS_KIND[m.group(1).lower()] if m else None
+    return "distance" if _ASKS_FAR.search(question) else None
 
 
 def measures(sentence: str, passage: str, kind: str) -> bool:
@@ -247,10 +246,13 @@ def dates(text: str) -> set[tuple[str, str | None, str | None]]:
 
     >>> sorted(dates("On October 23, 2024 and 5 Dec. 2023, or in June 2024; not in May."))
     [('dec', '5', '2023'), ('jun', None, '2024'), ('oct', '23', '2024')]
+    >>> dates("Apollo 11 July 16, 1969")
+    {('jul', '16', '1969')}
     """
     out: set[tuple[str, str | None, str | None]] = set()
     for m in _DATE.finditer(text):
-        day, year = m.group(1) or m.group(3), m.group(4)
+        # "Apollo 11 July 16, 1969": the number after the month is the day when there is one.
+        day, year = m.group(3) or m.group(1), m.group(4)
         if day or year:
             out.add((m.group(2)[:3].lower(), str(int(day)) if day else None, year))
     return out

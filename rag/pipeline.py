@@ -213,7 +213,8 @@ class Pipeline:
                 if p_together is not None:
                     signals["p_together"] = f"{p_together:.4f}"
                 decision = decide_together(decision, together, p_together, s.refuse_together_at)
-            confidence = calibrated(decision.confidence)
+            # A refusal keeps the model's own P(answer); the calibration was fit on answers given.
+            confidence = decision.confidence
             if decision.refused:
                 yield REFUSAL
                 yield finish(
@@ -276,7 +277,7 @@ class Pipeline:
             citations=self._mark_scanned(checked.citations),
             sentences=checked.sentences,
             notes=checked.notes,
-            confidence=confidence,
+            confidence=None if confidence is None else calibrated(confidence),
         )
 
     def check_ready(self) -> None:

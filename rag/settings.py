@@ -8,13 +8,22 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_serializer
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore")
+
+    @field_serializer("milvus_uri")
+    def _uri_without_credentials(self, uri: str | None) -> str | None:
+        """A dumped Settings (``rag eval``'s report) never carries a password given in the URI."""
+        if uri is None or "@" not in uri:
+            return uri
+        parts = urlsplit(uri)
+        return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
     # --- corpus and index
     corpus_dir: Path = Field(Path("seeds"), description="Folder of documents to index.")
@@ -65,7 +74,10 @@ class Settings(BaseSettings):
         description="A local *.db path runs Milvus Lite in this process; http://host:19530 is a Milvus server. "
         "Default: RAG_INDEX_DIR/milvus.db.",
     )
-    milvus_token: str | None = Field(None, description="'user:password' or an API key, for a server that needs one.")
+    # Secret like the generator's key: eval reports dump the settings.
+    milvus_token: SecretStr | None = Field(
+        None, description="'user:password' or an API key, for a server that needs one."
+    )
     milvus_collection: str = Field(
         "rag",
         pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,150}$",

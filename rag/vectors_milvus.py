@@ -117,7 +117,11 @@ class MilvusStore:
                 raise InputError(f"RAG_MILVUS_URI={uri!r}: cannot create {path.parent} ({exc.strerror}).") from exc
             uri = str(path)
         try:
-            client = MilvusClient(uri=uri, token=settings.milvus_token or "", timeout=settings.milvus_timeout_s)
+            client = MilvusClient(
+                uri=uri,
+                token=settings.milvus_token.get_secret_value() if settings.milvus_token else "",
+                timeout=settings.milvus_timeout_s,
+            )
         except MilvusException as exc:
             if is_server(uri):
                 raise _unreachable(uri, "connect", exc) from None

@@ -603,3 +603,12 @@ def test_baseline_answers_the_same_questions_with_a_plain_prompt(
     assert "against a plain RAG prompt" in out and "hallucination_rate" in out.split("against a plain RAG prompt")[1]
     with pytest.raises(InputError, match="--baseline"):
         run_eval(dataclasses.replace(options, retrieval_only=True), settings, make_pipeline=make_pipeline)
+
+
+def test_a_report_never_carries_the_milvus_credentials() -> None:
+    # build_report dumps the settings into report.json, a CI artifact.
+    settings = Settings(milvus_uri="http://root:pw123@db.local:19530", milvus_token="root:hunter2")
+    dumped = json.dumps(settings.model_dump(mode="json"))
+    assert "pw123" not in dumped and "hunter2" not in dumped
+    assert settings.model_dump(mode="json")["milvus_uri"] == "http://db.local:19530"
+    assert settings.milvus_uri == "http://root:pw123@db.local:19530"  # the store still gets the real URI

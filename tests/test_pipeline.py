@@ -157,7 +157,9 @@ def test_the_models_own_not_found_probability_decides_refusals(
     pipeline = Pipeline(settings.model_copy(update={"refuse_at": 0.5, "refuse_together_at": 0.5}), FakeEmbedder(), gen)
     answer = pipeline.ask("Which port were the munitions shipped from?")
     assert answer.abstained is abstained
-    assert answer.confidence == calibrated(round(1 - p_missing, 4))
+    # An answer carries the calibrated value; a refusal the model's own, uncalibrated.
+    raw = round(1 - p_missing, 4)
+    assert answer.confidence == (raw if abstained else calibrated(raw))
     # No passage scored under the early-stop bar, so every passage was read alone.
     assert [passage_count(m) for m in gen.scored][: settings.top_k] == [1] * settings.top_k
     if abstained:
