@@ -112,6 +112,11 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[np.ndarray]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
+def pad_id(tokenizer: Tokenizer) -> int:
+    """The id a batch is padded with: BERT's [PAD], or MPNet's (RoBERTa-style) <pad>, which its position ids skip."""
+    return next((int(i) for t in ("[PAD]", "<pad>") if (i := tokenizer.token_to_id(t)) is not None), 0)
+
+
 def model_key(model_path: Path) -> str:
     """Cache key of a model folder: its file names, sizes and modification times, and the recipe.
 
@@ -163,9 +168,7 @@ class OnnxEmbedder:
         self._counter.no_truncation()
         specials = len(self._counter.encode("", add_special_tokens=True).ids)
         self.max_tokens = max_seq_length - specials
-        # BERT pads with [PAD]; MPNet (RoBERTa-style) with <pad>, which its position ids skip.
-        pad = next((i for t in ("[PAD]", "<pad>") if (i := self._counter.token_to_id(t)) is not None), None)
-        self._pad_id = int(pad) if pad is not None else 0
+        self._pad_id = pad_id(self._counter)
 
     def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
         """Unit-length float32 rows in the order of ``texts``; a progress bar only when there are a few batches."""
@@ -365,8 +368,7 @@ def _export_fp32(model_path: Path, out: Path) -> None:
     tokenizer.no_padding()
     tokenizer.no_truncation()
     probe = [e.ids for e in tokenizer.encode_batch(["Which port were the munitions shipped from?", "A short one."])]
-    pad = next((i for t in ("[PAD]", "<pad>") if (i := tokenizer.token_to_id(t)) is not None), 0)
-    ids, mask = pad_batch(probe, pad)
+    ids, mask = pad_batch(probe, pad_id(tokenizer))
     tensors = (torch.from_numpy(ids), torch.from_numpy(mask), torch.zeros_like(torch.from_numpy(ids)))
     args = tensors if typed else tensors[:2]
     wrapper = TokenVectors().eval()
