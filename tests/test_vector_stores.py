@@ -371,6 +371,18 @@ def test_a_milvus_lite_file_held_by_another_process_is_one_clear_error(tmp_path:
         holder.wait(10)
 
 
+@pytest.mark.slow
+def test_the_standalone_server_is_milvus_2_3_not_milvus_lite(milvus_standalone: MilvusServer) -> None:
+    """The milvus-standalone cases run against the engine they name (the milvus 2.3.5 package's binary)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=milvus_standalone.uri)
+    try:
+        assert client.get_server_version() == "v2.3.5-lite"
+    finally:
+        client.close()
+
+
 def test_collection_names_are_milvus_names() -> None:
     assert collection_name("rag", "v-20261204T195741641166-ef9873") == "rag_v_20261204T195741641166_ef9873"
     with pytest.raises(ValueError):
