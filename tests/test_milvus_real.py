@@ -1,4 +1,4 @@
-"""The real models answering over Milvus: Milvus Lite in process, and a milvus-lite server by URI.
+"""The real models answering over Milvus: Milvus Lite in process, and by URI a milvus-lite server and Milvus 2.3.
 
 Slow: reuses the session's real embedder and generator (conftest.py); each case ingests
 seeds/ into its own Milvus, then asks the question the README shows.
@@ -18,20 +18,24 @@ from rag.settings import Settings
 from rag.store import load_index
 from rag.types import Answer
 from rag.vectors_milvus import MilvusStore
-from tests.milvus_procs import MilvusServer
+from tests.milvus_procs import MilvusServer, MilvusStandalone
 
 pytestmark = pytest.mark.slow
 PORT_QUESTION = "Which port were the munitions shipped from?"
 
 
-@pytest.mark.parametrize("where", ["lite", "server"])
+# lite: Milvus Lite in process; the others by URI, on loopback: milvus-lite server, Milvus 2.3 standalone.
+SERVERS = {"lite-server": MilvusServer, "standalone": MilvusStandalone}
+
+
+@pytest.mark.parametrize("where", ["lite", *SERVERS])
 def test_rason_with_its_citation_over_milvus(
     real_pipeline: Any, real_settings: Settings, tmp_path: Path, where: str
 ) -> None:
     embedder, generator = real_pipeline.embedder, real_pipeline.generator
     with contextlib.ExitStack() as stack:
-        if where == "server":
-            uri = stack.enter_context(MilvusServer(tmp_path / "milvus-server")).uri
+        if where in SERVERS:
+            uri = stack.enter_context(SERVERS[where](tmp_path / "milvus-server")).uri
         else:
             uri = str(tmp_path / "milvus.db")
         settings = real_settings.model_copy(

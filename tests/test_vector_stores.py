@@ -1,8 +1,9 @@
-"""The vector store contract, run against every backend: FAISS, Milvus Lite in process, a Milvus server by URI.
+"""The vector store contract, run against every backend: FAISS, Milvus Lite in process, Milvus servers by URI.
 
 Each test gets a fresh index folder and (for Milvus) its own collection name, so the
 server-backed runs share one server process without seeing each other. The server runs
-are ``slow`` (they start ``milvus-lite server`` on loopback once per session).
+are ``slow``: they start, once per session, ``milvus-lite server`` (the engine of Milvus Lite
+behind a socket) and ``milvus-server`` (Milvus 2.3 standalone, another engine) on loopback.
 """
 
 from __future__ import annotations
@@ -36,19 +37,28 @@ from rag.vectors import VectorStore, vector_store
 from rag.vectors_milvus import MilvusStore, collection_name
 from tests import fault_procs
 from tests.fakes import FakeEmbedder, FakeGenerator
-from tests.milvus_procs import MilvusServer, free_port
+from tests.milvus_procs import MilvusServer, MilvusStandalone, free_port
 from tests.test_faults import contents, one_error_line, run_cli, two_corpora, wait_for
 from tests.test_ingest import CountingEmbedder, long_text
 from tests.test_store import corpus as synthetic
 from tests.test_store import unit_rows
 
-MILVUS = ["milvus-lite", pytest.param("milvus-server", marks=pytest.mark.slow)]
+# Milvus Lite in process, then by URI: a milvus-lite server and a Milvus 2.3 standalone on loopback
+# (each server started by its session fixture below, named like the case with "_" for "-").
+SERVERS = ("milvus-lite-server", "milvus-standalone")
+MILVUS = ["milvus-lite", *(pytest.param(name, marks=pytest.mark.slow) for name in SERVERS)]
 BACKENDS = ["faiss", *MILVUS]
 
 
 @pytest.fixture(scope="session")
-def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
-    with MilvusServer(tmp_path_factory.mktemp("milvus-server") / "data") as server:
+def milvus_lite_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    with MilvusServer(tmp_path_factory.mktemp("milvus-lite-server") / "data") as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def milvus_standalone(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MilvusServer]:
+    with MilvusStandalone(tmp_path_factory.mktemp("milvus-standalone") / "data") as server:
         yield server
 
 
@@ -57,7 +67,7 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
     base = Settings(index_dir=tmp_path / "index", chunk_tokens=48, chunk_overlap=8)
     if request.param == "faiss":
         return base
-    uri = request.getfixturevalue("milvus_server").uri if request.param == "milvus-server" else None
+    uri = request.getfixturevalue(request.param.replace("-", "_")).uri if request.param in SERVERS else None
     # uri None: Milvus Lite at RAG_INDEX_DIR/milvus.db, the default.
     return base.model_copy(
         update={"vector_store": "milvus", "milvus_uri": uri, "milvus_collection": f"t{uuid.uuid4().hex[:12]}"}
@@ -361,6 +371,18 @@ def test_a_milvus_lite_file_held_by_another_process_is_one_clear_error(tmp_path:
         holder.wait(10)
 
 
+@pytest.mark.slow
+def test_the_standalone_server_is_milvus_2_3_not_milvus_lite(milvus_standalone: MilvusServer) -> None:
+    """The milvus-standalone cases run against the engine they name (the milvus 2.3.5 package's binary)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri=milvus_standalone.uri)
+    try:
+        assert client.get_server_version() == "v2.3.5-lite"
+    finally:
+        client.close()
+
+
 def test_collection_names_are_milvus_names() -> None:
     assert collection_name("rag", "v-20261204T195741641166-ef9873") == "rag_v_20261204T195741641166_ef9873"
     with pytest.raises(ValueError):
@@ -388,12 +410,17 @@ def _serve_settings(tmp_path: Path, uri: str) -> Settings:
     )
 
 
+# Each test starts its own server, since it kills it.
+SERVER_KINDS = pytest.mark.parametrize("kind", [MilvusServer, MilvusStandalone], ids=SERVERS)
+
+
 @pytest.mark.slow
+@SERVER_KINDS
 def test_cli_ingest_and_search_through_a_server_uri_then_the_server_dies(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, kind: type[MilvusServer]
 ) -> None:
     monkeypatch.setattr("rag.embedding.load_embedder", lambda settings: FakeEmbedder())
-    with MilvusServer(tmp_path / "milvus") as server:
+    with kind(tmp_path / "milvus") as server:
         settings = _serve_settings(tmp_path, server.uri)
         monkeypatch.setenv("RAG_VECTOR_STORE", "milvus")
         monkeypatch.setenv("RAG_MILVUS_URI", server.uri)
@@ -410,8 +437,11 @@ def test_cli_ingest_and_search_through_a_server_uri_then_the_server_dies(
 
 
 @pytest.mark.slow
-def test_the_service_answers_503_with_the_reason_when_the_server_dies_mid_session(tmp_path: Path) -> None:
-    with MilvusServer(tmp_path / "milvus") as server:
+@SERVER_KINDS
+def test_the_service_answers_503_with_the_reason_when_the_server_dies_mid_session(
+    tmp_path: Path, kind: type[MilvusServer]
+) -> None:
+    with kind(tmp_path / "milvus") as server:
         settings = _serve_settings(tmp_path, server.uri)
         ingest(settings.corpus_dir, settings.index_dir, FakeEmbedder(), settings, progress=False)
         app = create_app(settings, lambda s: Pipeline(s, FakeEmbedder(), FakeGenerator(lambda m: "NOT FOUND")))
