@@ -236,13 +236,31 @@ def test_a_loaded_version_never_answers_with_another_versions_rows(
     (docs / "alpha.txt").write_text(long_text("replaced", 9))
     ingest(docs, settings.index_dir, FakeEmbedder(), settings, progress=False, store=store)
     query = FakeEmbedder().embed(["replaced1 budgets"])[0]
-    try:
-        hits = old.search(query, 10)
-    except IndexFormatError as exc:
-        # Milvus: the old collection was dropped at the commit; the reader is told, never mixed.
-        assert isinstance(store, MilvusStore) and "restart" in str(exc)
-    else:
-        assert hits and all(old.has_chunk(h.chunk.id) and "replaced" not in h.chunk.text for h in hits)
+    if isinstance(store, MilvusStore):
+        # The old collection was dropped at the commit: the reader is told, never mixed.
+        with pytest.raises(IndexFormatError, match="restart"):
+            old.search(query, 10)
+        return
+    # FAISS keeps the loaded version in memory: its answer is the exact ranking of that version's rows.
+    hits = old.search(query, 10)
+    exact = np.sort(old.vectors @ query)[::-1][:10]
+    np.testing.assert_allclose([h.score for h in hits], exact, atol=1e-5)
+    assert all(old.has_chunk(h.chunk.id) and "replaced" not in h.chunk.text for h in hits)
+
+
+@pytest.mark.parametrize("settings", MILVUS, indirect=True)
+def test_ready_fails_once_the_loaded_version_is_gone(docs: Path, settings: Settings, store: VectorStore) -> None:
+    # Another process committed and dropped the collection this service loaded: /ready must say so,
+    # not stay 200 while every question gets 503.
+    ingest(docs, settings.index_dir, FakeEmbedder(), settings, progress=False, store=store)
+    pipeline = Pipeline(settings, FakeEmbedder(), FakeGenerator(lambda m: "NOT FOUND"), store=store)
+    pipeline.check_ready()
+    assert isinstance(store, MilvusStore)
+    loaded = str(load_index(settings.index_dir, store=store).manifest.vectors["collection"])  # type: ignore[index]
+    store._client.drop_alias(store.alias)
+    store._client.drop_collection(loaded)
+    with pytest.raises(rag.errors.RagError, match="restart"):
+        pipeline.check_ready()
 
 
 # ------------------------------------------------------------------ restart and damage
