@@ -91,7 +91,9 @@ class Settings(BaseSettings):
     milvus_hnsw_m: int = Field(32, ge=4, le=128, description="HNSW graph degree (M).")
     milvus_hnsw_ef_construction: int = Field(200, ge=8, description="HNSW efConstruction.")
     milvus_ef_search: int = Field(512, ge=1, description="HNSW ef at search time (raised to k when below it).")
-    milvus_ivf_nlist: int = Field(1024, ge=1, description="IVF_FLAT cells (capped near sqrt of the vector count).")
+    milvus_ivf_nlist: int = Field(
+        1024, ge=1, description="IVF_FLAT cells (at most one per 39 vectors, so k-means has enough to fit)."
+    )
     milvus_ivf_nprobe: int = Field(32, ge=1, description="IVF_FLAT cells searched per query.")
     milvus_timeout_s: float = Field(10.0, gt=0, description="Longest wait for one Milvus search or lookup, in seconds.")
     # Inserting, flushing and loading build the index: at 100k vectors Milvus Lite spent over 10 s on one
