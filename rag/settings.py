@@ -14,16 +14,25 @@ from pydantic import Field, SecretStr, field_serializer
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
+def without_credentials(uri: str) -> str:
+    """A URI as it may be shown, logged or written to a report: without the ``user:password@`` it may carry.
+
+    >>> without_credentials("http://root:secret@db.local:19530"), without_credentials("./mail@home/milvus.db")
+    ('http://db.local:19530', './mail@home/milvus.db')
+    """
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", extra="ignore")
 
     @field_serializer("milvus_uri")
     def _uri_without_credentials(self, uri: str | None) -> str | None:
         """A dumped Settings (``rag eval``'s report) never carries a password given in the URI."""
-        if uri is None or "@" not in uri:
-            return uri
-        parts = urlsplit(uri)
-        return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+        return None if uri is None else without_credentials(uri)
 
     # --- corpus and index
     corpus_dir: Path = Field(Path("seeds"), description="Folder of documents to index.")

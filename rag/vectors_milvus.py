@@ -27,13 +27,12 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-from urllib.parse import urlsplit
 
 import numpy as np
 
 from rag.errors import IndexFormatError, InputError, VectorStoreError
 from rag.index import Manifest, VectorIndex
-from rag.settings import Settings
+from rag.settings import Settings, without_credentials
 from rag.vectors import Damaged, ReadFile, Staged
 
 log = logging.getLogger(__name__)
@@ -65,18 +64,6 @@ def is_server(uri: str) -> bool:
     (True, False)
     """
     return uri.startswith(SERVER_SCHEMES)
-
-
-def shown(uri: str) -> str:
-    """The URI without credentials, for messages.
-
-    >>> shown("http://root:secret@db.local:19530")
-    'http://db.local:19530'
-    """
-    if not is_server(uri):
-        return uri
-    parts = urlsplit(uri)
-    return parts._replace(netloc=(parts.hostname or "") + (f":{parts.port}" if parts.port else "")).geturl()
 
 
 class MilvusStore:
@@ -162,7 +149,7 @@ class MilvusStore:
         name = str((manifest.vectors or {}).get("collection", ""))
         if not name or not self._call("look up a collection", self._client.has_collection, name):
             raise Damaged(
-                f"names Milvus collection {name!r}, which Milvus at {shown(self.uri)} does not hold "
+                f"names Milvus collection {name!r}, which Milvus at {without_credentials(self.uri)} does not hold "
                 "(dropped, or RAG_MILVUS_URI points at another Milvus)"
             )
         # A restarted server has nothing loaded, and Milvus searches only loaded collections.
@@ -263,8 +250,9 @@ class MilvusStore:
         except MilvusException as exc:
             if _not_found(exc):
                 raise IndexFormatError(
-                    f"Milvus at {shown(self.uri)} could not {what}: {_reason(exc)}. The index changed since this "
-                    "process loaded it (another writer?): restart it, or rebuild with `rag ingest --rebuild`."
+                    f"Milvus at {without_credentials(self.uri)} could not {what}: {_reason(exc)}. The index changed "
+                    "since this process loaded it (another writer?): restart it, "
+                    "or rebuild with `rag ingest --rebuild`."
                 ) from None
             raise _unreachable(self.uri, what, exc) from None
 
@@ -349,6 +337,6 @@ def _not_found(exc: Exception) -> bool:
 def _unreachable(uri: str, what: str, exc: Exception | str) -> VectorStoreError:
     why = exc if isinstance(exc, str) else _reason(exc)
     return VectorStoreError(
-        f"Milvus at {shown(uri)} is unreachable (could not {what}: {why}); check that it is running "
+        f"Milvus at {without_credentials(uri)} is unreachable (could not {what}: {why}); check that it is running "
         "and that RAG_MILVUS_URI points at it."
     )

@@ -31,7 +31,7 @@ from rag.errors import IndexFormatError, StorageError, VectorStoreError
 from rag.ingest import add_or_update, ingest, remove
 from rag.loaders import load_bytes
 from rag.pipeline import Pipeline
-from rag.settings import Settings
+from rag.settings import Settings, without_credentials
 from rag.store import current_version, load_index, save_index
 from rag.vectors import VectorStore, vector_store
 from rag.vectors_milvus import MilvusStore, collection_name
@@ -405,7 +405,7 @@ def test_collection_names_are_milvus_names() -> None:
     assert collection_name("rag", "v-20261204T195741641166-ef9873") == "rag_v_20261204T195741641166_ef9873"
     with pytest.raises(ValueError):
         Settings(milvus_collection="bad-name")
-    assert rag.vectors_milvus.shown("http://u:p@h:1") == "http://h:1"
+    assert without_credentials("http://u:p@h:1") == "http://h:1"
 
 
 # ------------------------------------------------------------------ a real server, by URI, going away
