@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 
 from rag.errors import InputError, ModelError, RagError, UnreachableError
-from rag.generation import NO_VARIANTS, YES_VARIANTS, Message
+from rag.generation import NO_VARIANTS, YES_VARIANTS, Message, start_token_ids
 
 log = logging.getLogger(__name__)
 
@@ -383,20 +383,14 @@ class OpenAIGenerator:
         return None
 
     def _start_ids(self, text: str) -> list[int] | None:
-        """First token ids of ``text``, bare and after a space (as ``start_token_ids``); None without a tokenizer.
+        """First token ids of ``text``, bare and after a space (``start_token_ids``); None without a tokenizer.
 
         Remembered: every answer bars NOT FOUND, and the ids never change while the server runs its model.
         """
-        if text in self._start:
-            return self._start[text]
-        firsts = set()
-        for variant in (text, " " + text):
-            ids = self._encode(variant)
-            if ids is None:
+        if text not in self._start:
+            if not self._find_tokenizer():
                 return None
-            if ids:
-                firsts.add(ids[0])
-        self._start[text] = sorted(firsts)
+            self._start[text] = start_token_ids(lambda variant: self._encode(variant) or [], text)
         return self._start[text]
 
     def _counts(self, text: str) -> Callable[[str], bool]:
