@@ -140,12 +140,22 @@ def ingest(
         files = {d.id: (d.sha256, d.ocr) for d in docs} | {
             i: (k.sha256, k.ocr) for i, k in read.unchanged.items() if i not in late
         }
+        # An entry from before the OCR options were recorded fills them in from the document just read,
+        # but only if that read gives the text it indexed: the same bytes OCR'd by another Tesseract (or
+        # with other languages) can read differently, and its chunks would then be stale.
+        reread = {d.id for d in docs if _reads_otherwise(old_docs.get(d.id), d)}
         added = sum(1 for doc_id in files if doc_id not in old_docs)
-        updated = sum(1 for doc_id in files if doc_id in old_docs and not _holds(old_docs[doc_id], *files[doc_id]))
+        updated = sum(
+            1
+            for doc_id in files
+            if doc_id in old_docs and (doc_id in reread or not _holds(old_docs[doc_id], *files[doc_id]))
+        )
         unchanged = len(files) - added - updated
         removed = sum(1 for doc_id in old_docs if doc_id not in files)
 
-        reuse = [doc_id for doc_id in sorted(files) if _holds(reusable.get(doc_id), *files[doc_id])]
+        reuse = [
+            doc_id for doc_id in sorted(files) if doc_id not in reread and _holds(reusable.get(doc_id), *files[doc_id])
+        ]
         reuse_set = set(reuse)
         fresh = [d for d in docs if d.id not in reuse_set]
 
@@ -165,7 +175,7 @@ def ingest(
             )
 
         # A manifest written before scanned pages (or OCR options) were recorded gets them from the documents
-        # just read (same bytes, same text): a new version, nothing re-embedded.
+        # just read (same bytes and, see `reread`, the same text): a new version, nothing re-embedded.
         unrecorded = any(reusable[doc_id].scanned_pages is None or reusable[doc_id].ocr is None for doc_id in reuse)
         if previous is not None and not fresh and removed == 0 and not unrecorded:
             kept = len(previous.chunks)
@@ -264,6 +274,16 @@ def _holds(entry: DocEntry | None, sha256: str, ocr: str, *, migrated: bool = Fa
     if entry.ocr is None or entry.scanned_pages is None:
         return not migrated
     return entry.ocr == ocr
+
+
+def _reads_otherwise(entry: DocEntry | None, doc: Document) -> bool:
+    """Whether an entry from before ``DocEntry.ocr`` was recorded holds these bytes but another text.
+
+    Its character count is all that such an entry says of the text it was chunked from.
+    """
+    if entry is None or entry.sha256 != doc.sha256 or (entry.ocr is not None and entry.scanned_pages is not None):
+        return False
+    return entry.chars != len(doc.text)
 
 
 def incompatibility(manifest: Manifest, embedder: Embedder, chunk_tokens: int, overlap: int) -> str | None:

@@ -452,3 +452,25 @@ def test_an_index_from_before_ocr_options_were_recorded_records_them_on_the_next
     counting.reset()
     ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
     assert counting.ocr_runs == 0
+
+
+def test_an_index_from_before_ocr_options_were_recorded_re_embeds_a_scan_that_now_reads_otherwise(
+    ocr_corpus: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    s = ocr_corpus
+    ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    manifest_path = s.index_dir / (s.index_dir / CURRENT).read_text().strip() / MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    for entry in manifest["documents"].values():
+        del entry["ocr"]  # as the manifest was written before this field
+    manifest_path.write_text(json.dumps(manifest))
+
+    # Another Tesseract reads the same image with one more line: the indexed chunks are stale now.
+    real_tesseract = ocr._tesseract
+    monkeypatch.setattr(ocr, "_tesseract", lambda png, *a: real_tesseract(png, *a) + "\nClosed on Mondays.")
+    report = ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
+    assert (report.updated, report.unchanged) == (2, 1)  # the PDF's scanned page and the PNG; a.txt kept
+    assert "Closed on Mondays" in chunk_texts(s, "notice.png")
+    assert "Closed on Mondays" in chunk_texts(s, "mixed.pdf")
