@@ -43,6 +43,9 @@ class Generator(Protocol):
 
     #: Model id recorded in each answer's provenance (name + short hash).
     id: str
+    #: Whether ``keep_state`` keeps anything (llama.cpp's passage states). Without it, reading passages
+    #: ahead of questions (``rag ingest --warm``, ``RAG_WARM_WHEN_IDLE``) would only spend time.
+    keeps_states: bool
 
     def stream(self, messages: Sequence[Message], *, max_tokens: int, avoid: str = "") -> Iterator[str]:
         """Yield the reply to ``messages`` piece by piece (greedy, deterministic).
@@ -68,7 +71,8 @@ class Generator(Protocol):
 
         ``pin``: a fixed prefix that many prompts share, kept for the model's lifetime rather
         than among the passage states. Returns True when the state was already kept (nothing
-        had to be read); False when it was read now, or when the backend keeps no states.
+        had to be read); False when it was read now, or when the backend keeps no states
+        (``keeps_states`` False).
         """
         ...
 

@@ -24,6 +24,8 @@ class TransformersGenerator:
     for models that only come as transformers checkpoints and to test the seam.
     """
 
+    keeps_states = False
+
     def __init__(self, model_dir: Path, *, gguf_file: str | None = None, seed: int = 0, n_threads: int = 2) -> None:
         if not model_dir.is_dir():
             raise ModelError(f"The model folder {model_dir} does not exist. Check RAG_GENERATOR_PATH.")

@@ -32,6 +32,8 @@ class LlamaCppGenerator:
     does the same, so scoring several passages for one question re-reads only the tail.
     """
 
+    keeps_states = True
+
     def __init__(
         self,
         model_path: Path,

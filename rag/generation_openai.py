@@ -158,6 +158,8 @@ class OpenAIGenerator:
     and what is learned about the server (model name, tokenizer) is found once under a lock.
     """
 
+    keeps_states = False  # the server's own prefix cache reuses prompt starts; nothing is kept here
+
     def __init__(
         self,
         base_url: str,

@@ -292,12 +292,12 @@ class Pipeline:
         """Have the model read the next passage (in index order) whose state is not kept yet.
 
         Returns False once every passage is kept, after RAG_WARM_PASSAGES reads since the last
-        index swap, or without a generator. The service calls it while idle and
+        index swap, or without a generator that keeps states. The service calls it while idle and
         ``rag ingest --warm`` until done: later questions on those passages
         then cost only their own tokens. One call reads at most one passage (a few seconds
         cold), so a question that arrives meanwhile waits at most that long.
         """
-        if self.generator is None or self._warmed >= self.settings.warm_passages:
+        if self.generator is None or not self.generator.keeps_states or self._warmed >= self.settings.warm_passages:
             return False
         chunks = self._retriever.index.chunks
         while self._warm_cursor < len(chunks):

@@ -38,6 +38,7 @@ class FakeGenerator:
     """Replies with ``reply(messages)``, streamed word by word."""
 
     id = "fake-generator"
+    keeps_states = False
 
     def __init__(self, reply: Callable[[Sequence[Message]], str]) -> None:
         self.reply = reply
@@ -70,6 +71,7 @@ class ScoringFakeGenerator(FakeGenerator):
         self, reply: Callable[[Sequence[Message]], str], p_not_found: float | Callable[[Sequence[Message]], float]
     ) -> None:
         super().__init__(reply)
+        self.keeps_states = True  # keep_state below remembers what it read
         self.p_not_found = p_not_found
         self.scored: list[list[Message]] = []
         self.kept: set[str] = set()

@@ -298,3 +298,10 @@ def test_warming_stops_at_its_budget_and_starts_over_after_an_upload(settings: S
     assert [pipeline.warm_next() for _ in range(5)] == [True, True, True, False, False]
     pipeline.add_document("notes.md", b"# Notes\n\nThe zebra crossing festival is held in Quito.\n")
     assert pipeline.warm_next()  # a new index: new passages may need reading, within a fresh budget
+
+
+def test_warming_reads_nothing_with_a_generator_that_keeps_no_states(settings: Settings) -> None:
+    # An OpenAI-compatible server (or transformers) keeps nothing here: reading ahead would only spend time.
+    gen = FakeGenerator(lambda m: "NOT FOUND")
+    assert not Pipeline(settings, FakeEmbedder(), gen).warm_next()
+    assert gen.calls == []
