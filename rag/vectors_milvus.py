@@ -142,6 +142,7 @@ class MilvusStore:
             self._call("insert vectors", self._client.insert, name, rows, slow=True)
         self._call("flush", self._client.flush, name, slow=True)
         self._call("load a collection", self._client.load_collection, name, slow=True)
+        self._wait_indexed(name, n)
         record = {"backend": self.backend, "collection": name, "index": {"type": self.index_type, **build}}
         return Staged(MilvusIndex(self, name, n, dim), record=record)
 
@@ -215,6 +216,44 @@ class MilvusStore:
             if _not_found(exc):
                 return None
             raise
+
+    def _wait_indexed(self, name: str, n: int) -> None:
+        """Wait until Milvus searches all ``n`` rows through the built index, within the write timeout.
+
+        A Milvus server builds the index after the flush, in the background, and its query node
+        swaps each loaded segment to it later still; until then it searches that segment through
+        a coarse interim index. Measured on Milvus 2.3 at 100k vectors: recall@10 0.58-0.67 for
+        the ~2 minutes the build took, and 0.94 for the ~30 s after ``describe_index`` counted
+        every row (one of two segments still loaded without its index), then 0.99. So a version
+        is published only once every loaded segment carries the index. Milvus Lite builds it
+        within the flush.
+        """
+        deadline = time.monotonic() + self.write_timeout
+        while True:
+            described = self._call("describe the index", self._client.describe_index, name, VECTOR)
+            indexed = described.get("indexed_rows") if isinstance(described, dict) else None
+            built = indexed is None or int(indexed) >= n  # a Milvus that does not say is taken at its word
+            if built and self._call("list loaded segments", self._loaded_indexed, name, n):
+                return
+            if time.monotonic() > deadline:
+                raise VectorStoreError(
+                    f"Milvus at {without_credentials(self.uri)} was still building the index of {n} vectors after "
+                    f"RAG_MILVUS_WRITE_TIMEOUT_S ({self.write_timeout:g} s; {indexed} indexed); raise it for an "
+                    "index this size."
+                )
+            time.sleep(0.5)
+
+    def _loaded_indexed(self, name: str, n: int, timeout: float) -> bool:
+        """Whether the loaded segments hold ``n`` rows, each segment through the index."""
+        import grpc
+
+        try:
+            segments = self._client.list_loaded_segments(name, timeout=timeout)
+        except grpc.RpcError as exc:
+            if isinstance(exc, grpc.Call) and exc.code() == grpc.StatusCode.UNIMPLEMENTED:
+                return True  # Milvus Lite, which has no segments to ask about
+            raise
+        return sum(int(seg.num_rows) for seg in segments) >= n and all(seg.index_name for seg in segments)
 
     def _build_params(self, n: int) -> dict[str, Any]:
         s = self._settings

@@ -644,3 +644,31 @@ def test_a_commit_stands_when_tidying_up_after_it_fails(
     monkeypatch.undo()
     third = save_index(settings.index_dir, *synthetic(2, 5, seed=2), store)  # the next writer tidies up
     assert collections(store) == [third.manifest.vectors["collection"]] == [alias_target(store)]  # type: ignore[index]
+
+
+@pytest.mark.slow
+def test_a_staged_version_is_searched_through_its_built_index_on_milvus_2_3(
+    milvus_standalone: MilvusServer, tmp_path: Path
+) -> None:
+    """Milvus 2.3 builds the index after the flush, in the background, and searches a segment through a
+    coarse interim index until its own is loaded: a version published before that has poor recall."""
+    settings = Settings(
+        index_dir=tmp_path / "index", vector_store="milvus", milvus_uri=milvus_standalone.uri, milvus_collection="built"
+    )
+    rng = np.random.default_rng(5)
+    centers = rng.standard_normal((400, 384)).astype(np.float32)
+    vectors = centers[rng.integers(0, 400, 40_000)] + 0.5 * rng.standard_normal((40_000, 384)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    queries = vectors[rng.integers(0, 40_000, 40)] + 0.3 * rng.standard_normal((40, 384)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    store = MilvusStore.connect(settings)
+    try:
+        staged = store.stage("v-1", vectors, "hnsw")
+        recall = [
+            len(set(staged.index.search(q, 10)[1].tolist()) & set(np.argsort(-(vectors @ q))[:10].tolist())) / 10
+            for q in queries
+        ]
+        assert np.mean(recall) >= 0.95, np.mean(recall)
+    finally:
+        store.cleanup(None)
+        store.close()
