@@ -283,7 +283,8 @@ class Pipeline:
     def check_ready(self) -> None:
         """Raise a ``RagError`` when a server answers need is out of reach now (Milvus, the model's); /ready asks."""
         self.store.check()
-        # The loaded version itself: another process's commit drops a Milvus collection it replaced.
+        # The loaded version itself: Milvus drops a version's collection at the second commit after it (by another
+        # process, say), as this process has not swapped to either.
         self._retriever.index.dense.count()
         if self.generator is not None:
             self.generator.check_ready()

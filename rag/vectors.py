@@ -6,11 +6,11 @@ manifest go to a version folder, its vectors to the vector store, and only then 
 from the previous one (``rag.ingest.compose``: kept documents' vectors are fetched from
 the previous version, never re-embedded), so the store needs few verbs:
 
-    stage(version, vectors)  # write a version's vectors where no reader looks yet
+    stage(version, vectors, replaces)  # write a version's vectors where no reader looks yet
     open(folder, manifest)   # a committed version's vectors, searchable (``rag.index.VectorIndex``)
     publish(manifest)        # after CURRENT names the version: point the store's own name at it
     discard(manifest)        # a staged version that never went live
-    cleanup(manifest)        # drop every version but the live one
+    cleanup(manifest)        # drop every version but the live one and the one it replaced
     check()                  # is it reachable (a Milvus server)?
 
 FAISS (the default) writes ``vectors.npy`` and ``faiss.index`` into the version folder,
@@ -56,7 +56,9 @@ class VectorStore(Protocol):
 
     backend: str  # "faiss" or "milvus": an index is reopened only by the backend that wrote it
 
-    def stage(self, version: str, vectors: np.ndarray, index_type: str) -> Staged: ...
+    def stage(self, version: str, vectors: np.ndarray, index_type: str, replaces: str | None = None) -> Staged:
+        """Write ``version``'s vectors; ``replaces`` is the version CURRENT names until this one commits."""
+        ...
 
     def open(self, manifest: Manifest, read: ReadFile, rows: int) -> VectorIndex:
         """A committed version's ``rows`` vectors (one per chunk); ``Damaged`` when missing or inconsistent."""
@@ -78,7 +80,7 @@ class FaissStore:
 
     backend = "faiss"
 
-    def stage(self, version: str, vectors: np.ndarray, index_type: str) -> Staged:
+    def stage(self, version: str, vectors: np.ndarray, index_type: str, replaces: str | None = None) -> Staged:
         import faiss
 
         index = build_faiss(vectors, index_type)

@@ -16,8 +16,11 @@ Old or new, never a mix: a version's vectors go into a fresh collection
 names the version (the commit, as for FAISS). A loaded index searches the collection
 its manifest names, so it can never see another version's rows; the alias ``<name>``
 is then switched to it (``alter_alias``) for anything else that reads by name, and every
-other ``<name>_v_*`` collection is dropped. A writer killed before the commit leaves a
-collection nothing names; the next writer drops it.
+other ``<name>_v_*`` collection is dropped but one: the version's manifest records the
+collection of the version it replaced (``replaces``), which stays until the next commit.
+A process that loaded that version still searches it: the service between committing an
+upload and swapping to the new version, or another process not restarted yet. A writer
+killed before the commit leaves a collection nothing names; the next writer drops it.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class MilvusStore:
 
     # ------------------------------------------------------------------ the protocol
 
-    def stage(self, version: str, vectors: np.ndarray, index_type: str) -> Staged:
+    def stage(self, version: str, vectors: np.ndarray, index_type: str, replaces: str | None = None) -> Staged:
         from pymilvus import DataType, MilvusClient
 
         name = self.collection(version)
@@ -142,7 +145,14 @@ class MilvusStore:
             self._call("insert vectors", self._client.insert, name, rows, slow=True)
         self._call("flush", self._client.flush, name, slow=True)
         self._call("load a collection", self._client.load_collection, name, slow=True)
-        record = {"backend": self.backend, "collection": name, "index": {"type": self.index_type, **build}}
+        record: dict[str, Any] = {
+            "backend": self.backend,
+            "collection": name,
+            "index": {"type": self.index_type, **build},
+        }
+        if replaces:
+            # Kept by cleanup while this version is live: see the module docstring.
+            record["replaces"] = self.collection(replaces)
         return Staged(MilvusIndex(self, name, n, dim), record=record)
 
     def open(self, manifest: Manifest, read: ReadFile, rows: int) -> VectorIndex:
@@ -176,14 +186,18 @@ class MilvusStore:
             self._call("drop a collection", self._client.drop_collection, name, slow=True)
 
     def cleanup(self, live: Manifest | None) -> None:
-        keep = str(live.vectors["collection"]) if live is not None and live.vectors else None
-        if keep is not None:
+        """Drop every ``<name>_v_*`` collection but the live version's and the one it replaced (see the module)."""
+        keep: set[str] = set()
+        if live is not None and live.vectors:
+            keep.add(str(live.vectors["collection"]))
             described = self._call("describe the alias", self._describe_alias)
-            if described != keep:  # a writer killed between CURRENT and the alias switch
-                self.publish(live)  # type: ignore[arg-type]
+            if described != live.vectors["collection"]:  # a writer killed between CURRENT and the alias switch
+                self.publish(live)
+            if live.vectors.get("replaces"):
+                keep.add(str(live.vectors["replaces"]))
         prefix = f"{self.alias}_v_"
         for name in self._call("list collections", self._client.list_collections):
-            if name.startswith(prefix) and name != keep:
+            if name.startswith(prefix) and name not in keep:
                 self._call("drop a collection", self._client.drop_collection, name, slow=True)
 
     def check(self) -> None:
