@@ -153,7 +153,7 @@ class MilvusStore:
         if replaces:
             # Kept by cleanup while this version is live: see the module docstring.
             record["replaces"] = self.collection(replaces)
-        return Staged(MilvusIndex(self, name, n, dim), record=record)
+        return Staged(MilvusIndex(self, name, n, dim, self.index_type), record=record)
 
     def open(self, manifest: Manifest, read: ReadFile, rows: int) -> VectorIndex:
         name = str((manifest.vectors or {}).get("collection", ""))
@@ -167,7 +167,9 @@ class MilvusStore:
         count = self.count(name)
         if count != rows:
             raise Damaged(f"is inconsistent (Milvus collection {name} holds {count} vectors for {rows} chunks)")
-        return MilvusIndex(self, name, rows, manifest.embedder_dim)
+        # Searched as built, whatever RAG_MILVUS_INDEX_TYPE says now (the next `rag ingest` re-indexes it).
+        built = str(((manifest.vectors or {}).get("index") or {}).get("type", self.index_type))
+        return MilvusIndex(self, name, rows, manifest.embedder_dim, built)
 
     def publish(self, manifest: Manifest) -> None:
         name = str((manifest.vectors or {})["collection"])
@@ -239,12 +241,13 @@ class MilvusStore:
             return {"nlist": max(1, min(s.milvus_ivf_nlist, n // 39))}
         return {}
 
-    def search_params(self, k: int) -> dict[str, Any]:
+    def search_params(self, index_type: str, k: int) -> dict[str, Any]:
+        """What a search of an ``index_type`` collection sends: that index's own knob, valued from the settings."""
         s = self._settings
-        if self.index_type == "HNSW":
+        if index_type == "HNSW":
             # ef below k would return fewer than k results.
             return {"metric_type": "IP", "params": {"ef": max(s.milvus_ef_search, k)}}
-        if self.index_type == "IVF_FLAT":
+        if index_type == "IVF_FLAT":
             return {"metric_type": "IP", "params": {"nprobe": s.milvus_ivf_nprobe}}
         return {"metric_type": "IP", "params": {}}
 
@@ -274,11 +277,12 @@ class MilvusStore:
 class MilvusIndex:
     """One committed version's collection, searched directly (never through the alias, which may move on)."""
 
-    def __init__(self, store: MilvusStore, name: str, rows: int, dim: int) -> None:
+    def __init__(self, store: MilvusStore, name: str, rows: int, dim: int, index_type: str) -> None:
         self.store = store
         self.name = name
         self.rows = rows
         self.dim = dim
+        self.index_type = index_type  # as the collection was built (its manifest's record), for the search knob
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.store
@@ -288,7 +292,7 @@ class MilvusIndex:
             self.name,
             data=[query.tolist()],
             limit=k,
-            search_params=s.search_params(k),
+            search_params=s.search_params(self.index_type, k),
             output_fields=[ROW],
         )
         hits = list(found[0]) if found else []

@@ -666,6 +666,40 @@ def test_milvus_index_settings_reach_milvus_and_search_stays_exact_on_a_small_in
         store.close()
 
 
+@pytest.mark.parametrize(("built", "now"), [("IVF_FLAT", "HNSW"), ("HNSW", "IVF_FLAT"), ("FLAT", "HNSW")])
+def test_a_loaded_milvus_index_is_searched_with_the_parameters_of_the_index_it_was_built_with(
+    tmp_path: Path, built: str, now: str
+) -> None:
+    # RAG_MILVUS_INDEX_TYPE changed since the index was built: until the next ingest re-indexes it,
+    # a search must still send the knob of the index that is there (nprobe for IVF, ef for HNSW).
+    settings = Settings(index_dir=tmp_path / "index", vector_store="milvus", milvus_index_type=built)
+    store = MilvusStore.connect(settings)
+    manifest, chunks, vectors = synthetic(8, 25, seed=3)  # 200 vectors: IVF gets 5 cells, nprobe 32 scans all
+    try:
+        save_index(settings.index_dir, manifest, chunks, vectors, store)
+    finally:
+        store.close()
+    store = MilvusStore.connect(settings.model_copy(update={"milvus_index_type": now}))
+    try:
+        index = load_index(settings.index_dir, store=store)
+        sent: list[dict[str, Any]] = []
+        search = store._client.search
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            sent.append(kwargs["search_params"])
+            return search(*args, **kwargs)
+
+        store._client.search = recording
+        query = unit_rows(np.random.default_rng(4), 1)[0]
+        assert [h.chunk.id for h in index.search(query, 5)] == [
+            chunks[i].id for i in np.argsort(-(vectors @ query))[:5]
+        ]
+        knob = {"HNSW": {"ef": settings.milvus_ef_search}, "IVF_FLAT": {"nprobe": settings.milvus_ivf_nprobe}}
+        assert sent == [{"metric_type": "IP", "params": knob.get(built, {})}]
+    finally:
+        store.close()
+
+
 def test_a_milvus_write_past_its_deadline_is_one_clear_error_and_the_old_version_stays(tmp_path: Path) -> None:
     settings = Settings(index_dir=tmp_path / "index", vector_store="milvus")
     store = MilvusStore.connect(settings)
