@@ -11,6 +11,7 @@ the previous version, never re-embedded), so the store needs few verbs:
     publish(manifest)        # after CURRENT names the version: point the store's own name at it
     discard(manifest)        # a staged version that never went live
     cleanup(manifest)        # drop every version but the live one and the one it replaced
+    outdated(manifest, rows) # would stage() index these vectors otherwise now (settings changed)?
     check()                  # is it reachable (a Milvus server)?
 
 FAISS (the default) writes ``vectors.npy`` and ``faiss.index`` into the version folder,
@@ -70,6 +71,11 @@ class VectorStore(Protocol):
 
     def cleanup(self, live: Manifest | None) -> None: ...
 
+    def outdated(self, manifest: Manifest, rows: int) -> str | None:
+        """Why ``stage`` would now index a version's ``rows`` vectors otherwise than ``manifest`` says they were
+        (its index settings changed), or None. ``rag ingest`` then stages them again, nothing re-embedded."""
+        ...
+
     def check(self) -> None:
         """Raise ``VectorStoreError`` with the reason when the store does not answer (``/ready`` asks)."""
         ...
@@ -121,6 +127,9 @@ class FaissStore:
 
     def cleanup(self, live: Manifest | None) -> None:
         pass
+
+    def outdated(self, manifest: Manifest, rows: int) -> str | None:
+        return None  # FAISS's one setting is the manifest's index_type, which ingest compares itself
 
     def check(self) -> None:
         pass  # files in this process: nothing to reach

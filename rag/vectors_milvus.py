@@ -202,6 +202,16 @@ class MilvusStore:
             if name.startswith(prefix) and name not in keep:
                 self._call("drop a collection", self._client.drop_collection, name, slow=True)
 
+    def outdated(self, manifest: Manifest, rows: int) -> str | None:
+        built = dict((manifest.vectors or {}).get("index") or {})
+        wanted = {"type": self.index_type, **self._build_params(rows)}
+        if built == wanted:
+            return None
+        return (
+            f"its Milvus index was built as {_described(built)}, the settings now ask for {_described(wanted)} "
+            "(RAG_MILVUS_INDEX_TYPE and its RAG_MILVUS_* build settings)"
+        )
+
     def check(self) -> None:
         self._call("list collections", self._client.list_collections)
 
@@ -336,6 +346,16 @@ def collection_name(alias: str, version: str) -> str:
     'rag_v_20261204T201500123456_3fa2c1'
     """
     return f"{alias}_v_{version.removeprefix('v-').replace('-', '_')}"
+
+
+def _described(index: dict[str, Any]) -> str:
+    """An index record as a reader would write it.
+
+    >>> _described({"type": "HNSW", "M": 32, "efConstruction": 200}), _described({"type": "FLAT"})
+    ('HNSW M=32 efConstruction=200', 'FLAT')
+    """
+    params = " ".join(f"{k}={v}" for k, v in index.items() if k != "type")
+    return f"{index.get('type', '?')} {params}".strip()
 
 
 def _alias_names(listed: Any) -> list[str]:

@@ -700,6 +700,44 @@ def test_a_loaded_milvus_index_is_searched_with_the_parameters_of_the_index_it_w
         store.close()
 
 
+def test_a_changed_milvus_index_setting_reindexes_the_vectors_at_the_next_ingest_without_re_embedding(
+    docs: Path, tmp_path: Path
+) -> None:
+    base = Settings(index_dir=tmp_path / "index", chunk_tokens=48, chunk_overlap=8, vector_store="milvus")
+
+    def run(**changed: Any) -> tuple[Any, list[str], Any, np.ndarray]:
+        settings = base.model_copy(update=changed)
+        store = MilvusStore.connect(settings)
+        try:
+            emb = CountingEmbedder()
+            report = ingest(docs, settings.index_dir, emb, settings, progress=False, store=store)
+            live = load_index(settings.index_dir, store=store)
+            described = store._client.describe_index(live.manifest.vectors["collection"], "vector")  # type: ignore[index]
+            return report, emb.seen, described, live.vectors
+        finally:
+            store.close()
+
+    first, _, built, vectors = run(milvus_index_type="HNSW", milvus_hnsw_m=16)
+    assert built["index_type"] == "HNSW" and built["params"]["M"] == 16
+    # Each change of the index, and only a change, makes a new version of the same vectors.
+    steps: list[tuple[dict[str, Any], dict[str, Any] | None]] = [
+        ({"milvus_index_type": "HNSW", "milvus_hnsw_m": 24}, {"M": 24, "efConstruction": 200}),  # a build parameter
+        ({"milvus_index_type": "IVF_FLAT"}, {"nlist": first.chunks_total // 39 or 1}),  # the index type
+        ({"milvus_index_type": "IVF_FLAT", "milvus_ivf_nprobe": 4}, None),  # a search-time setting: up to date
+    ]
+    version = first.index_version
+    for changed, params in steps:
+        report, embedded, built, again = run(**changed)
+        assert embedded == [] and report.chunks_embedded == 0 and report.rebuild_reason is None
+        assert np.array_equal(again, vectors)  # read back from the previous version, bit for bit
+        if params is None:
+            assert report.index_version == version
+            continue
+        assert report.index_version != version, changed
+        assert built["index_type"] == changed["milvus_index_type"] and built["params"] == params
+        version = report.index_version
+
+
 def test_a_milvus_write_past_its_deadline_is_one_clear_error_and_the_old_version_stays(tmp_path: Path) -> None:
     settings = Settings(index_dir=tmp_path / "index", vector_store="milvus")
     store = MilvusStore.connect(settings)
