@@ -289,6 +289,15 @@ class Pipeline:
         if self.generator is not None:
             self.generator.check_ready()
 
+    def close(self) -> None:
+        """Close the vector store's connection and the generator's (both no-ops in process); the service's shutdown
+        calls it. The pipeline is unusable afterwards."""
+        try:
+            self.store.close()
+        finally:  # one failing to close is no reason to leave the other open
+            if self.generator is not None:
+                self.generator.close()
+
     def warm_next(self) -> bool:
         """Have the model read the next passage (in index order) whose state is not kept yet.
 

@@ -13,6 +13,7 @@ the previous version, never re-embedded), so the store needs few verbs:
     cleanup(manifest)        # drop every version but the live one and the one it replaced
     outdated(manifest, rows) # would stage() index these vectors otherwise now (settings changed)?
     check()                  # is it reachable (a Milvus server)?
+    close()                  # drop the connection (the service's shutdown)
 
 FAISS (the default) writes ``vectors.npy`` and ``faiss.index`` into the version folder,
 so CURRENT alone switches versions and ``publish``/``cleanup`` have nothing to do: the
@@ -80,6 +81,10 @@ class VectorStore(Protocol):
         """Raise ``VectorStoreError`` with the reason when the store does not answer (``/ready`` asks)."""
         ...
 
+    def close(self) -> None:
+        """Drop the connection, if any; a second call does nothing. Nothing may use the store afterwards."""
+        ...
+
 
 class FaissStore:
     """Vectors as files in the version folder: ``vectors.npy`` (kept so updates reuse them) and ``faiss.index``."""
@@ -133,6 +138,9 @@ class FaissStore:
 
     def check(self) -> None:
         pass  # files in this process: nothing to reach
+
+    def close(self) -> None:
+        pass  # nor anything to let go of
 
 
 class Damaged(IndexFormatError):

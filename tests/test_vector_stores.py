@@ -315,6 +315,31 @@ def test_ready_fails_once_the_loaded_version_is_gone(docs: Path, settings: Setti
         pipeline.check_ready()
 
 
+@pytest.mark.parametrize("settings", MILVUS, indirect=True)
+def test_the_services_shutdown_closes_its_milvus_and_model_server_connections(
+    docs: Path, settings: Settings, store: VectorStore
+) -> None:
+    from rag.generation_openai import OpenAIGenerator
+    from rag.pipeline import build_pipeline
+    from tests.fake_openai_server import closed_port_url
+
+    ingest(docs, settings.index_dir, FakeEmbedder(), settings, progress=False, store=store)
+    store.close()  # the service opens its own (a Milvus Lite .db serves one client)
+    # A model server nobody asks here: only search runs, and the connection pool exists from the start.
+    update = {"generator": "openai", "generator_url": closed_port_url(), "api_key": None, "warm_when_idle": False}
+    app = create_app(settings.model_copy(update=update), lambda s: build_pipeline(s, embedder=FakeEmbedder()))
+    with TestClient(app) as client:
+        assert app.state.rag.wait_ready(20), app.state.rag.load_error
+        assert client.post("/search", json={"query": "alpha1 budgets"}).json()["hits"][0]["doc_id"] == "alpha.txt"
+        pipeline = app.state.rag.pipeline
+        assert isinstance(pipeline.store, MilvusStore) and isinstance(pipeline.generator, OpenAIGenerator)
+        pipeline.store.check()
+        assert not pipeline.generator._client.is_closed
+    with pytest.raises(VectorStoreError, match="could not list collections"):
+        pipeline.store.check()  # the connection is gone
+    assert pipeline.generator._client.is_closed
+
+
 # ------------------------------------------------------------------ restart and damage
 
 
