@@ -33,7 +33,7 @@ def create_app(settings: Settings, pipeline_factory: PipelineFactory | None = No
         state.write_lock = asyncio.Lock()
         state.start_loading()
         yield
-        state.stop.set()
+        state.close()
 
     app = FastAPI(
         title="rag: local question answering",

@@ -59,6 +59,8 @@ class AppState:
         self.gate: AnswerGate | None = None
         self.write_lock: asyncio.Lock | None = None
         self.stop = threading.Event()  # set at shutdown: background work ends
+        self._closing = threading.Lock()  # the loader may finish while the app shuts down: one of them closes
+        self._closed = False
 
     def start_loading(self) -> None:
         if self._loader is None:
@@ -76,7 +78,13 @@ class AppState:
                 log.exception("loading the pipeline failed")
             self.load_error = str(exc) or type(exc).__name__
         else:
-            self.pipeline = pipeline
+            with self._closing:
+                late = self._closed
+                if not late:
+                    self.pipeline = pipeline
+            if late:  # the app shut down while this loaded: nobody else will close it
+                pipeline.close()
+                return
             self.metrics.ready.set(1)
             log.info("pipeline ready in %.1f s", time.perf_counter() - started)
         finally:
@@ -110,6 +118,15 @@ class AppState:
                 log.info("passage states warm: %d passages read while idle", warmed)
                 warmed = 0
             self.stop.wait(30.0)
+
+    def close(self) -> None:
+        """At shutdown: stop the background work and close the pipeline's connections (Milvus, a model server)."""
+        self.stop.set()
+        with self._closing:
+            self._closed = True
+            pipeline = self.pipeline
+        if pipeline is not None:
+            pipeline.close()
 
     def wait_ready(self, timeout: float) -> bool:
         """Block until loading ended; True when the pipeline is usable (for tests and scripts)."""

@@ -135,12 +135,13 @@ def bench_backends(settings: Settings, passages: int, loaded: dict[str, Any], ro
 
 
 def bench_scale(
-    sizes: list[int], dim: int, queries: int = 200, milvus: dict[str, str] | None = None
+    settings: Settings, sizes: list[int], dim: int, queries: int = 200, milvus: dict[str, str] | None = None
 ) -> dict[str, float]:
     """Search latency, recall@10 against exact search and insert rate on synthetic unit vectors.
 
     FAISS flat (exact: the reference) and HNSW always; ``milvus`` adds a Milvus store per
-    ``{name: uri}`` (a ``*.db`` path is Milvus Lite in this process, ``http://...`` a server).
+    ``{name: uri}`` (a ``*.db`` path is Milvus Lite in this process, ``http://...`` a server),
+    with the index and timeouts of ``settings``.
     """
     from rag.index import build_faiss
 
@@ -172,12 +173,12 @@ def bench_scale(
         recall = [len(set(a) & set(b)) / 10 for a, b in zip(results["flat"], results["hnsw"], strict=True)]
         out[f"hnsw_recall_at_10_{label}"] = statistics.fmean(recall)
         for name, uri in (milvus or {}).items():
-            out.update(bench_milvus(name, uri, vecs, qs, results["flat"], label))
+            out.update(bench_milvus(settings, name, uri, vecs, qs, results["flat"], label))
     return out
 
 
 def bench_milvus(
-    name: str, uri: str, vecs: np.ndarray, qs: np.ndarray, exact: list[np.ndarray], label: str
+    settings: Settings, name: str, uri: str, vecs: np.ndarray, qs: np.ndarray, exact: list[np.ndarray], label: str
 ) -> dict[str, float]:
     """The Milvus store as ingest and search use it: one version staged (insert, flush, index, load),
     then searched; recall@10 against ``exact``; then the alias switched from one version to another."""
@@ -187,8 +188,7 @@ def bench_milvus(
     from rag.vectors_milvus import MilvusStore
 
     update = {"vector_store": "milvus", "milvus_uri": uri, "milvus_collection": f"bench_{secrets.token_hex(4)}"}
-    settings = Settings().model_copy(update=update)  # type: ignore[call-arg]  # the rest from the environment
-    store = MilvusStore.connect(settings)
+    store = MilvusStore.connect(settings.model_copy(update=update))
     out: dict[str, float] = {}
     try:
         t = time.perf_counter()
@@ -215,9 +215,12 @@ def bench_milvus(
             switches.append(store.last_switch_s * 1000)
         out[f"alias_switch_ms_p50_{name}_{label}"] = _p(switches, 50)
     finally:
-        with contextlib.suppress(Exception):  # the figures count more than tidying up
-            store.cleanup(None)  # drops this run's collections (its own name) and nothing else
+        # The figures count more than tidying up, but each step is tried on its own: one failing must not
+        # skip the next. The alias first: a Milvus may refuse to drop a collection an alias names.
+        with contextlib.suppress(Exception):
             store._client.drop_alias(store.alias)
+        with contextlib.suppress(Exception):
+            store.cleanup(None)  # drops this run's collections (its own name) and nothing else
         store.close()
     return out
 
@@ -348,7 +351,7 @@ def run_bench(
         figures.update(bench_backends(settings, passages, {settings.embed_backend: embedder}))
     qlat = _timed(lambda: embedder.embed(["Which port were the munitions shipped from?"]), 20)
     figures["query_embed_ms_p50"] = _p([x * 1000 for x in qlat], 50)
-    figures.update(bench_scale(sizes, embedder.dim, milvus=milvus))
+    figures.update(bench_scale(settings, sizes, embedder.dim, milvus=milvus))
     if questions > 0:
         ingest(settings.corpus_dir, settings.index_dir, embedder, settings, progress=False)
         pipeline = build_pipeline(settings, embedder=embedder)

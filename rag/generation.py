@@ -66,6 +66,12 @@ class Generator(Protocol):
         """Raise a ``RagError`` when the model cannot answer now (its server is down); in process it always can."""
         ...
 
+    def close(self) -> None:
+        """Release what the backend holds outside this process (a model server's connections); the service's
+        shutdown calls it. In process there is nothing of the kind: it does nothing (the model's memory goes with
+        the process, and a thread may still be reading a passage with it)."""
+        ...
+
     def keep_state(self, messages: Sequence[Message], *, pin: bool = False) -> bool:
         """Have the model read ``messages`` (the start of later prompts) and keep its state for them.
 

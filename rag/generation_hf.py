@@ -138,6 +138,9 @@ class TransformersGenerator:
     def check_ready(self) -> None:
         """In process: once loaded, the model is always there."""
 
+    def close(self) -> None:
+        """In process: no connection to release."""
+
     def keep_state(self, messages: Sequence[Message], *, pin: bool = False) -> bool:
         """No KV reuse here: transformers re-reads every prompt in full."""
         return False

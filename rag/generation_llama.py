@@ -124,7 +124,10 @@ class LlamaCppGenerator:
         self._message_end = tuple(closed[max(0, common - 2) : common]) if common == len(closed) else ()
 
     def close(self) -> None:
-        """Free the model's memory now instead of at garbage collection."""
+        """Nothing outside this process to release (``Generator.close``); ``free`` gives the model's memory back."""
+
+    def free(self) -> None:
+        """Free the model's memory now instead of at garbage collection; the generator is unusable afterwards."""
         self._llm.close()
 
     def _encode(self, text: str) -> list[int]:

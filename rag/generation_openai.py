@@ -209,6 +209,7 @@ class OpenAIGenerator:
     # ------------------------------------------------------------------ the server
 
     def close(self) -> None:
+        """Close httpx's connection pool to the model server (a second call does nothing)."""
         self._client.close()
 
     def _unreachable(self, exc: Exception) -> UnreachableError:

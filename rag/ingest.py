@@ -179,11 +179,19 @@ def ingest(
         unrecorded = any(reusable[doc_id].scanned_pages is None or reusable[doc_id].ocr is None for doc_id in reuse)
         if previous is not None and not fresh and removed == 0 and not unrecorded:
             kept = len(previous.chunks)
-            if resolve_index_type(settings.index_type, kept, settings.hnsw_threshold) == previous.manifest.index_type:
+            kind = resolve_index_type(settings.index_type, kept, settings.hnsw_threshold)
+            # An index setting changed (FAISS's kind, Milvus's index type or build parameters): the same
+            # vectors, read back, are indexed again as a new version below; nothing is re-embedded.
+            if kind != previous.manifest.index_type:
+                restage: str | None = f"the index type changed from {previous.manifest.index_type} to {kind}"
+            else:
+                restage = store.outdated(previous.manifest, kept)
+            if restage is None:
                 log.info("index %s is up to date", previous.version)
                 # Nothing to write, but what a killed writer left goes now (a Milvus collection holds memory).
                 cleanup(index_dir, store)
                 return report(previous.version, 0, kept)
+            log.info("indexing the vectors again (none re-embedded): %s", restage)
 
         manifest, chunks, vectors, embedded = compose(
             previous, reuse, fresh, embedder, chunk_tokens, overlap, settings, progress=progress, read=docs

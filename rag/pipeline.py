@@ -283,10 +283,20 @@ class Pipeline:
     def check_ready(self) -> None:
         """Raise a ``RagError`` when a server answers need is out of reach now (Milvus, the model's); /ready asks."""
         self.store.check()
-        # The loaded version itself: another process's commit drops a Milvus collection it replaced.
+        # The loaded version itself: Milvus drops a version's collection at the second commit after it (by another
+        # process, say), as this process has not swapped to either.
         self._retriever.index.dense.count()
         if self.generator is not None:
             self.generator.check_ready()
+
+    def close(self) -> None:
+        """Close the vector store's connection and the generator's (both no-ops in process); the service's shutdown
+        calls it. The pipeline is unusable afterwards."""
+        try:
+            self.store.close()
+        finally:  # one failing to close is no reason to leave the other open
+            if self.generator is not None:
+                self.generator.close()
 
     def warm_next(self) -> bool:
         """Have the model read the next passage (in index order) whose state is not kept yet.

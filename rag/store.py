@@ -235,9 +235,10 @@ def save_index(
 
     Call under ``writer_lock`` when other writers may run. ``manifest.index_version``,
     ``created_at``, ``files`` and ``vectors`` are filled in here. Old versions and stale
-    temporary folders (and their vectors in ``store``) are removed once the new one is
-    live. A failed write (a full disk, say) raises ``StorageError`` after removing what
-    it wrote, so the previous version stays live and byte-identical.
+    temporary folders (and their vectors in ``store``, which keeps the replaced version's
+    as its ``cleanup`` says) are removed once the new one is live. A failed write (a full
+    disk, say) raises ``StorageError`` after removing what it wrote, so the previous
+    version stays live and byte-identical.
     """
     store = store if store is not None else FaissStore()
     index_dir = Path(index_dir)
@@ -253,10 +254,15 @@ def save_index(
     folder = index_dir / version
     pointer = index_dir / f"{CURRENT}.tmp"
     final = replace(manifest, index_version=version, created_at=now.isoformat(timespec="seconds"))
+    # Read under the writer lock, so it is the version this commit replaces; a store may keep its
+    # vectors a while for the processes still reading it (Milvus: until the next commit).
+    replaces = None
+    with contextlib.suppress(IndexFormatError):  # a corrupt CURRENT (``--rebuild``) replaces nothing readable
+        replaces = current_version(index_dir)
     try:
         index_dir.mkdir(parents=True, exist_ok=True)
         tmp.mkdir()
-        staged = store.stage(version, vectors, manifest.index_type)
+        staged = store.stage(version, vectors, manifest.index_type, replaces)
         final = replace(final, vectors=staged.record)
         files: dict[str, dict[str, Any]] = {}
         # Files first, manifest last (it carries their sizes and hashes).

@@ -155,3 +155,7 @@ class QAPipeline(Protocol):
     def warm_next(self) -> bool:
         """Read one more passage into the state cache; False once all are kept (or nothing to warm)."""
         ...
+
+    def close(self) -> None:
+        """Release the connections it holds (a Milvus server's, a model server's); the service's shutdown calls it."""
+        ...

@@ -6,12 +6,14 @@ manifest go to a version folder, its vectors to the vector store, and only then 
 from the previous one (``rag.ingest.compose``: kept documents' vectors are fetched from
 the previous version, never re-embedded), so the store needs few verbs:
 
-    stage(version, vectors)  # write a version's vectors where no reader looks yet
+    stage(version, vectors, replaces)  # write a version's vectors where no reader looks yet
     open(folder, manifest)   # a committed version's vectors, searchable (``rag.index.VectorIndex``)
     publish(manifest)        # after CURRENT names the version: point the store's own name at it
     discard(manifest)        # a staged version that never went live
-    cleanup(manifest)        # drop every version but the live one
+    cleanup(manifest)        # drop every version but the live one and the one it replaced
+    outdated(manifest, rows) # would stage() index these vectors otherwise now (settings changed)?
     check()                  # is it reachable (a Milvus server)?
+    close()                  # drop the connection (the service's shutdown)
 
 FAISS (the default) writes ``vectors.npy`` and ``faiss.index`` into the version folder,
 so CURRENT alone switches versions and ``publish``/``cleanup`` have nothing to do: the
@@ -56,7 +58,9 @@ class VectorStore(Protocol):
 
     backend: str  # "faiss" or "milvus": an index is reopened only by the backend that wrote it
 
-    def stage(self, version: str, vectors: np.ndarray, index_type: str) -> Staged: ...
+    def stage(self, version: str, vectors: np.ndarray, index_type: str, replaces: str | None = None) -> Staged:
+        """Write ``version``'s vectors; ``replaces`` is the version CURRENT names until this one commits."""
+        ...
 
     def open(self, manifest: Manifest, read: ReadFile, rows: int) -> VectorIndex:
         """A committed version's ``rows`` vectors (one per chunk); ``Damaged`` when missing or inconsistent."""
@@ -68,8 +72,17 @@ class VectorStore(Protocol):
 
     def cleanup(self, live: Manifest | None) -> None: ...
 
+    def outdated(self, manifest: Manifest, rows: int) -> str | None:
+        """Why ``stage`` would now index a version's ``rows`` vectors otherwise than ``manifest`` says they were
+        (its index settings changed), or None. ``rag ingest`` then stages them again, nothing re-embedded."""
+        ...
+
     def check(self) -> None:
         """Raise ``VectorStoreError`` with the reason when the store does not answer (``/ready`` asks)."""
+        ...
+
+    def close(self) -> None:
+        """Drop the connection, if any; a second call does nothing. Nothing may use the store afterwards."""
         ...
 
 
@@ -78,7 +91,7 @@ class FaissStore:
 
     backend = "faiss"
 
-    def stage(self, version: str, vectors: np.ndarray, index_type: str) -> Staged:
+    def stage(self, version: str, vectors: np.ndarray, index_type: str, replaces: str | None = None) -> Staged:
         import faiss
 
         index = build_faiss(vectors, index_type)
@@ -120,8 +133,14 @@ class FaissStore:
     def cleanup(self, live: Manifest | None) -> None:
         pass
 
+    def outdated(self, manifest: Manifest, rows: int) -> str | None:
+        return None  # FAISS's one setting is the manifest's index_type, which ingest compares itself
+
     def check(self) -> None:
         pass  # files in this process: nothing to reach
+
+    def close(self) -> None:
+        pass  # nor anything to let go of
 
 
 class Damaged(IndexFormatError):

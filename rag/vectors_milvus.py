@@ -16,8 +16,11 @@ Old or new, never a mix: a version's vectors go into a fresh collection
 names the version (the commit, as for FAISS). A loaded index searches the collection
 its manifest names, so it can never see another version's rows; the alias ``<name>``
 is then switched to it (``alter_alias``) for anything else that reads by name, and every
-other ``<name>_v_*`` collection is dropped. A writer killed before the commit leaves a
-collection nothing names; the next writer drops it.
+other ``<name>_v_*`` collection is dropped but one: the version's manifest records the
+collection of the version it replaced (``replaces``), which stays until the next commit.
+A process that loaded that version still searches it: the service between committing an
+upload and swapping to the new version, or another process not restarted yet. A writer
+killed before the commit leaves a collection nothing names; the next writer drops it.
 """
 
 from __future__ import annotations
@@ -121,7 +124,7 @@ class MilvusStore:
 
     # ------------------------------------------------------------------ the protocol
 
-    def stage(self, version: str, vectors: np.ndarray, index_type: str) -> Staged:
+    def stage(self, version: str, vectors: np.ndarray, index_type: str, replaces: str | None = None) -> Staged:
         from pymilvus import DataType, MilvusClient
 
         name = self.collection(version)
@@ -143,8 +146,15 @@ class MilvusStore:
         self._call("flush", self._client.flush, name, slow=True)
         self._call("load a collection", self._client.load_collection, name, slow=True)
         self._wait_indexed(name, n)
-        record = {"backend": self.backend, "collection": name, "index": {"type": self.index_type, **build}}
-        return Staged(MilvusIndex(self, name, n, dim), record=record)
+        record: dict[str, Any] = {
+            "backend": self.backend,
+            "collection": name,
+            "index": {"type": self.index_type, **build},
+        }
+        if replaces:
+            # Kept by cleanup while this version is live: see the module docstring.
+            record["replaces"] = self.collection(replaces)
+        return Staged(MilvusIndex(self, name, n, dim, self.index_type), record=record)
 
     def open(self, manifest: Manifest, read: ReadFile, rows: int) -> VectorIndex:
         name = str((manifest.vectors or {}).get("collection", ""))
@@ -158,7 +168,9 @@ class MilvusStore:
         count = self.count(name)
         if count != rows:
             raise Damaged(f"is inconsistent (Milvus collection {name} holds {count} vectors for {rows} chunks)")
-        return MilvusIndex(self, name, rows, manifest.embedder_dim)
+        # Searched as built, whatever RAG_MILVUS_INDEX_TYPE says now (the next `rag ingest` re-indexes it).
+        built = str(((manifest.vectors or {}).get("index") or {}).get("type", self.index_type))
+        return MilvusIndex(self, name, rows, manifest.embedder_dim, built)
 
     def publish(self, manifest: Manifest) -> None:
         name = str((manifest.vectors or {})["collection"])
@@ -177,15 +189,29 @@ class MilvusStore:
             self._call("drop a collection", self._client.drop_collection, name, slow=True)
 
     def cleanup(self, live: Manifest | None) -> None:
-        keep = str(live.vectors["collection"]) if live is not None and live.vectors else None
-        if keep is not None:
+        """Drop every ``<name>_v_*`` collection but the live version's and the one it replaced (see the module)."""
+        keep: set[str] = set()
+        if live is not None and live.vectors:
+            keep.add(str(live.vectors["collection"]))
             described = self._call("describe the alias", self._describe_alias)
-            if described != keep:  # a writer killed between CURRENT and the alias switch
-                self.publish(live)  # type: ignore[arg-type]
+            if described != live.vectors["collection"]:  # a writer killed between CURRENT and the alias switch
+                self.publish(live)
+            if live.vectors.get("replaces"):
+                keep.add(str(live.vectors["replaces"]))
         prefix = f"{self.alias}_v_"
         for name in self._call("list collections", self._client.list_collections):
-            if name.startswith(prefix) and name != keep:
+            if name.startswith(prefix) and name not in keep:
                 self._call("drop a collection", self._client.drop_collection, name, slow=True)
+
+    def outdated(self, manifest: Manifest, rows: int) -> str | None:
+        built = dict((manifest.vectors or {}).get("index") or {})
+        wanted = {"type": self.index_type, **self._build_params(rows)}
+        if built == wanted:
+            return None
+        return (
+            f"its Milvus index was built as {_described(built)}, the settings now ask for {_described(wanted)} "
+            "(RAG_MILVUS_INDEX_TYPE and its RAG_MILVUS_* build settings)"
+        )
 
     def check(self) -> None:
         self._call("list collections", self._client.list_collections)
@@ -264,12 +290,13 @@ class MilvusStore:
             return {"nlist": max(1, min(s.milvus_ivf_nlist, n // 39))}
         return {}
 
-    def search_params(self, k: int) -> dict[str, Any]:
+    def search_params(self, index_type: str, k: int) -> dict[str, Any]:
+        """What a search of an ``index_type`` collection sends: that index's own knob, valued from the settings."""
         s = self._settings
-        if self.index_type == "HNSW":
+        if index_type == "HNSW":
             # ef below k would return fewer than k results.
             return {"metric_type": "IP", "params": {"ef": max(s.milvus_ef_search, k)}}
-        if self.index_type == "IVF_FLAT":
+        if index_type == "IVF_FLAT":
             return {"metric_type": "IP", "params": {"nprobe": s.milvus_ivf_nprobe}}
         return {"metric_type": "IP", "params": {}}
 
@@ -299,11 +326,12 @@ class MilvusStore:
 class MilvusIndex:
     """One committed version's collection, searched directly (never through the alias, which may move on)."""
 
-    def __init__(self, store: MilvusStore, name: str, rows: int, dim: int) -> None:
+    def __init__(self, store: MilvusStore, name: str, rows: int, dim: int, index_type: str) -> None:
         self.store = store
         self.name = name
         self.rows = rows
         self.dim = dim
+        self.index_type = index_type  # as the collection was built (its manifest's record), for the search knob
 
     def search(self, query: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         s = self.store
@@ -313,7 +341,7 @@ class MilvusIndex:
             self.name,
             data=[query.tolist()],
             limit=k,
-            search_params=s.search_params(k),
+            search_params=s.search_params(self.index_type, k),
             output_fields=[ROW],
         )
         hits = list(found[0]) if found else []
@@ -357,6 +385,16 @@ def collection_name(alias: str, version: str) -> str:
     'rag_v_20261204T201500123456_3fa2c1'
     """
     return f"{alias}_v_{version.removeprefix('v-').replace('-', '_')}"
+
+
+def _described(index: dict[str, Any]) -> str:
+    """An index record as a reader would write it.
+
+    >>> _described({"type": "HNSW", "M": 32, "efConstruction": 200}), _described({"type": "FLAT"})
+    ('HNSW M=32 efConstruction=200', 'FLAT')
+    """
+    params = " ".join(f"{k}={v}" for k, v in index.items() if k != "type")
+    return f"{index.get('type', '?')} {params}".strip()
 
 
 def _alias_names(listed: Any) -> list[str]:

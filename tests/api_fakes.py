@@ -87,6 +87,7 @@ class FakePipeline:
         self.closed = threading.Event()
         self.warmed = 0  # warm_next calls
         self.warm_passages = 0  # how many passages warm_next pretends to read before all are kept
+        self.shutdowns = 0  # close calls (the app's shutdown)
 
     # --- search
     def search(self, query: str, k: int | None = None) -> list[Hit]:
@@ -197,6 +198,9 @@ class FakePipeline:
         self.warmed += 1
         time.sleep(0.005)  # a read takes time; a warmer that spins would show in the busy test
         return self.warmed < self.warm_passages
+
+    def close(self) -> None:
+        self.shutdowns += 1
 
     def info(self) -> dict[str, object]:
         return {

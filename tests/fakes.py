@@ -44,6 +44,7 @@ class FakeGenerator:
         self.reply = reply
         self.calls: list[list[Message]] = []
         self.avoided: list[str] = []
+        self.closes = 0
 
     def stream(self, messages: Sequence[Message], *, max_tokens: int, avoid: str = "") -> Iterator[str]:
         self.calls.append(list(messages))
@@ -62,6 +63,9 @@ class FakeGenerator:
 
     def check_ready(self) -> None:
         pass  # in process: always there
+
+    def close(self) -> None:
+        self.closes += 1
 
 
 class ScoringFakeGenerator(FakeGenerator):

@@ -428,6 +428,30 @@ def test_the_warmer_stops_once_every_passage_is_kept_and_can_be_turned_off(tmp_p
         assert off.warmed == 0
 
 
+def test_shutdown_closes_the_pipeline_and_one_that_finished_loading_after_it(tmp_path: Path) -> None:
+    fake = FakePipeline()
+    app = create_app(make_settings(tmp_path), lambda s: fake)
+    with TestClient(app) as c:
+        wait_ready(app)
+        assert c.post("/search", json={"query": "Etna"}).status_code == 200
+        assert fake.shutdowns == 0
+    assert fake.shutdowns == 1
+    # Still loading at shutdown: the loader closes what it built, and nothing serves it.
+    gate = threading.Event()
+    late = FakePipeline()
+
+    def slow_factory(settings: Settings) -> FakePipeline:
+        gate.wait(10)
+        return late
+
+    app = create_app(make_settings(tmp_path), slow_factory)
+    with TestClient(app):
+        pass
+    gate.set()
+    assert app.state.rag.loaded.wait(10)
+    assert late.shutdowns == 1 and app.state.rag.pipeline is None
+
+
 def test_queue_full_is_503_with_retry_after(tmp_path: Path) -> None:
     fake = FakePipeline()
     fake.release.clear()  # the first answer holds the model until released

@@ -36,7 +36,7 @@ def generator() -> Iterator[LlamaCppGenerator]:
     path = ensure_generator_gguf(Settings().cache_dir)
     gen = LlamaCppGenerator(path, n_ctx=2048, n_threads=2, seed=0)
     yield gen
-    gen.close()
+    gen.free()
 
 
 def test_assembled_model_is_verified_and_named_by_hash(generator: LlamaCppGenerator) -> None:

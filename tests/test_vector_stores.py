@@ -174,8 +174,11 @@ def test_add_or_update_then_remove_one_document(docs: Path, settings: Settings, 
 # ------------------------------------------------------------------ commit: old or new, never a mix
 
 
-def test_each_commit_leaves_one_version_and_the_alias_on_it(docs: Path, settings: Settings, store: VectorStore) -> None:
+def test_each_commit_leaves_its_version_the_one_it_replaced_and_the_alias_on_it(
+    docs: Path, settings: Settings, store: VectorStore
+) -> None:
     index_dir = settings.index_dir
+    replaced: list[str] = []  # for Milvus, the collection the last commit replaced (none before the first)
     for n in range(3):
         (docs / f"more{n}.txt").write_text(long_text(f"more{n}", 1))
         ingest(docs, index_dir, FakeEmbedder(), settings, progress=False, store=store)
@@ -183,8 +186,12 @@ def test_each_commit_leaves_one_version_and_the_alias_on_it(docs: Path, settings
         assert [p.name for p in index_dir.iterdir() if p.name.startswith("v-")] == [live.version]
         if isinstance(store, MilvusStore):
             assert live.manifest.vectors is not None
-            assert collections(store) == [live.manifest.vectors["collection"]] == [alias_target(store)]
+            mine = live.manifest.vectors["collection"]
+            assert live.manifest.vectors.get("replaces") == (replaced[0] if replaced else None)
+            # The version before the last commit stays for whoever still reads it; anything older is gone.
+            assert collections(store) == sorted([mine, *replaced]) and alias_target(store) == mine
             assert not (index_dir / live.version / "vectors.npy").exists()  # the vectors are in Milvus only
+            replaced = [mine]
 
 
 def test_a_failed_commit_keeps_the_previous_version_and_leaves_nothing(
@@ -221,11 +228,14 @@ def test_leftovers_of_a_killed_writer_are_dropped_and_the_alias_repaired(
     manifest, chunks, vectors = synthetic(2, 3)
     first = save_index(settings.index_dir, manifest, chunks, vectors, store)
     # A writer killed after filling its collection, and one killed between CURRENT and the alias switch.
-    stray = store.stage("v-20990101T000000000000-dead00", vectors, "flat")
+    stray = store.stage("v-20990101T000000000000-dead00", vectors, "flat", first.version)
     store._client.alter_alias(stray.record["collection"], store.alias)  # type: ignore[index]
     assert load_index(settings.index_dir, store=store).version == first.version  # readers ignore both
     second = save_index(settings.index_dir, *synthetic(2, 2, seed=4), store)
-    assert collections(store) == [second.manifest.vectors["collection"]] == [alias_target(store)]  # type: ignore[index]
+    live = second.manifest.vectors["collection"]  # type: ignore[index]
+    # The stray is dropped; the version the commit replaced stays beside the new one.
+    assert collections(store) == sorted([first.manifest.vectors["collection"], live])  # type: ignore[index]
+    assert alias_target(store) == live
 
 
 def test_a_loaded_version_never_answers_with_another_versions_rows(
@@ -233,19 +243,61 @@ def test_a_loaded_version_never_answers_with_another_versions_rows(
 ) -> None:
     ingest(docs, settings.index_dir, FakeEmbedder(), settings, progress=False, store=store)
     old = load_index(settings.index_dir, store=store)
+    expected = old.vectors  # read now: Milvus drops the version's collection at the second commit from here
     (docs / "alpha.txt").write_text(long_text("replaced", 9))
     ingest(docs, settings.index_dir, FakeEmbedder(), settings, progress=False, store=store)
     query = FakeEmbedder().embed(["replaced1 budgets"])[0]
-    if isinstance(store, MilvusStore):
-        # The old collection was dropped at the commit: the reader is told, never mixed.
-        with pytest.raises(IndexFormatError, match="restart"):
-            old.search(query, 10)
-        return
-    # FAISS keeps the loaded version in memory: its answer is the exact ranking of that version's rows.
+    # FAISS keeps the loaded version in memory, Milvus keeps the replaced version's collection until the
+    # next commit: the answer is the exact ranking of that version's rows.
     hits = old.search(query, 10)
-    exact = np.sort(old.vectors @ query)[::-1][:10]
+    exact = np.sort(expected @ query)[::-1][:10]
     np.testing.assert_allclose([h.score for h in hits], exact, atol=1e-5)
     assert all(old.has_chunk(h.chunk.id) and "replaced" not in h.chunk.text for h in hits)
+    (docs / "beta.md").write_text(long_text("again", 5))
+    ingest(docs, settings.index_dir, FakeEmbedder(), settings, progress=False, store=store)
+    if isinstance(store, MilvusStore):
+        # Two commits on, its collection is gone: the reader is told, never mixed.
+        with pytest.raises(IndexFormatError, match="restart"):
+            old.search(query, 10)
+    else:
+        assert [h.chunk.id for h in old.search(query, 10)] == [h.chunk.id for h in hits]
+
+
+@pytest.mark.parametrize("settings", MILVUS, indirect=True)
+def test_a_question_between_an_uploads_commit_and_the_swap_is_answered(
+    docs: Path, settings: Settings, store: VectorStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The service commits an upload (CURRENT and the alias move on), then swaps its loaded index.
+    # A question in between searches the version it still has loaded: the commit must keep it.
+    import httpx
+
+    import rag.ingest
+    from tests.api_fakes import serve, wait_ready
+
+    ingest(docs, settings.index_dir, FakeEmbedder(), settings, progress=False, store=store)
+    settings = settings.model_copy(update={"corpus_dir": docs, "api_key": None, "warm_when_idle": False})
+    app = create_app(settings, lambda s: Pipeline(s, FakeEmbedder(), FakeGenerator(lambda m: "NOT FOUND"), store=store))
+    commit = rag.ingest.add_or_update
+    between: list[httpx.Response] = []
+    with serve(app) as url:
+
+        def commit_then_ask(*args: Any, **kwargs: Any) -> Any:
+            index = commit(*args, **kwargs)
+            assert current_version(settings.index_dir) == index.version  # committed, not swapped yet
+            between.append(httpx.post(f"{url}/search", json={"query": "alpha1 budgets staff"}, timeout=30))
+            between.append(httpx.post(f"{url}/ask", json={"question": "What do the alpha budgets say?"}, timeout=30))
+            return index
+
+        monkeypatch.setattr(rag.ingest, "add_or_update", commit_then_ask)
+        wait_ready(app)
+        upload = {"file": ("delta.txt", long_text("delta", 2).encode(), "text/plain")}
+        assert httpx.post(f"{url}/documents", files=upload, timeout=60).status_code == 201
+        after = httpx.post(f"{url}/search", json={"query": "delta1 budgets staff", "k": 20}, timeout=30)
+    assert [r.status_code for r in between] == [200, 200], [r.text for r in between]
+    # Answered from the version loaded before the upload; the upload is searchable once it returned.
+    assert between[0].json()["hits"][0]["doc_id"] == "alpha.txt"
+    assert all(h["doc_id"] != "delta.txt" for h in between[0].json()["hits"])
+    assert "delta.txt" in {h["doc_id"] for h in after.json()["hits"]}
 
 
 @pytest.mark.parametrize("settings", MILVUS, indirect=True)
@@ -261,6 +313,31 @@ def test_ready_fails_once_the_loaded_version_is_gone(docs: Path, settings: Setti
     store._client.drop_collection(loaded)
     with pytest.raises(rag.errors.RagError, match="restart"):
         pipeline.check_ready()
+
+
+@pytest.mark.parametrize("settings", MILVUS, indirect=True)
+def test_the_services_shutdown_closes_its_milvus_and_model_server_connections(
+    docs: Path, settings: Settings, store: VectorStore
+) -> None:
+    from rag.generation_openai import OpenAIGenerator
+    from rag.pipeline import build_pipeline
+    from tests.fake_openai_server import closed_port_url
+
+    ingest(docs, settings.index_dir, FakeEmbedder(), settings, progress=False, store=store)
+    store.close()  # the service opens its own (a Milvus Lite .db serves one client)
+    # A model server nobody asks here: only search runs, and the connection pool exists from the start.
+    update = {"generator": "openai", "generator_url": closed_port_url(), "api_key": None, "warm_when_idle": False}
+    app = create_app(settings.model_copy(update=update), lambda s: build_pipeline(s, embedder=FakeEmbedder()))
+    with TestClient(app) as client:
+        assert app.state.rag.wait_ready(20), app.state.rag.load_error
+        assert client.post("/search", json={"query": "alpha1 budgets"}).json()["hits"][0]["doc_id"] == "alpha.txt"
+        pipeline = app.state.rag.pipeline
+        assert isinstance(pipeline.store, MilvusStore) and isinstance(pipeline.generator, OpenAIGenerator)
+        pipeline.store.check()
+        assert not pipeline.generator._client.is_closed
+    with pytest.raises(VectorStoreError, match="could not list collections"):
+        pipeline.store.check()  # the connection is gone
+    assert pipeline.generator._client.is_closed
 
 
 # ------------------------------------------------------------------ restart and damage
@@ -502,6 +579,11 @@ class Seen:
     collections: list[str]  # the store's version collections
     alias: str  # the collection the alias names
     live: str  # the collection the live manifest names
+    replaced: str | None  # the collection of the version it replaced, kept until the next commit
+
+    def stray(self) -> set[str]:
+        """Collections nothing names: what killed writers left."""
+        return set(self.collections) - {self.live, self.replaced}
 
 
 @pytest.mark.slow
@@ -523,8 +605,9 @@ def test_kill_9_of_rag_ingest_into_milvus_lite_leaves_the_old_or_the_new_index(t
         store = MilvusStore.connect(settings)
         try:
             index = load_index(settings.index_dir, store=store)
-            live = str((index.manifest.vectors or {})["collection"])
-            return Seen(contents(index), collections(store), alias_target(store), live)
+            record = index.manifest.vectors or {}
+            live, replaced = str(record["collection"]), record.get("replaces")
+            return Seen(contents(index), collections(store), alias_target(store), live, replaced)
         finally:
             store.close()
 
@@ -566,17 +649,19 @@ def test_kill_9_of_rag_ingest_into_milvus_lite_leaves_the_old_or_the_new_index(t
         state = expected.index(now.contents)
         seen["kills"] += 1
         seen[f"state {'AB'[state]}"] += 1
-        seen["kills mid-write (a collection nothing names)"] += len(now.collections) > 1
+        seen["kills mid-write (a collection nothing names)"] += bool(now.stray())
         seen["alias behind CURRENT"] += now.alias != now.live
         seen["ingests completed"] += len(log) - 1
     print(f"\nkill -9 of rag ingest into Milvus Lite: {dict(seen)}")
     assert seen["kills mid-write (a collection nothing names)"] >= 1
     assert seen["state A"] >= 1 and seen["state B"] >= 1
 
-    # The next writer drops what the kills left and points the alias at the live version.
+    # The next writer drops what the kills left (keeping the version the live one replaced) and points
+    # the alias at the live version.
     run_ingest(a, settings)
     final = read(settings)
-    assert final.contents == expected[0] and final.collections == [final.alias] == [final.live]
+    assert final.contents == expected[0] and final.alias == final.live and not final.stray()
+    assert final.replaced is None or final.replaced in final.collections
 
 
 @pytest.mark.parametrize("index_type", ["HNSW", "IVF_FLAT", "FLAT"])
@@ -606,6 +691,78 @@ def test_milvus_index_settings_reach_milvus_and_search_stays_exact_on_a_small_in
         store.close()
 
 
+@pytest.mark.parametrize(("built", "now"), [("IVF_FLAT", "HNSW"), ("HNSW", "IVF_FLAT"), ("FLAT", "HNSW")])
+def test_a_loaded_milvus_index_is_searched_with_the_parameters_of_the_index_it_was_built_with(
+    tmp_path: Path, built: str, now: str
+) -> None:
+    # RAG_MILVUS_INDEX_TYPE changed since the index was built: until the next ingest re-indexes it,
+    # a search must still send the knob of the index that is there (nprobe for IVF, ef for HNSW).
+    settings = Settings(index_dir=tmp_path / "index", vector_store="milvus", milvus_index_type=built)
+    store = MilvusStore.connect(settings)
+    manifest, chunks, vectors = synthetic(8, 25, seed=3)  # 200 vectors: IVF gets 5 cells, nprobe 32 scans all
+    try:
+        save_index(settings.index_dir, manifest, chunks, vectors, store)
+    finally:
+        store.close()
+    store = MilvusStore.connect(settings.model_copy(update={"milvus_index_type": now}))
+    try:
+        index = load_index(settings.index_dir, store=store)
+        sent: list[dict[str, Any]] = []
+        search = store._client.search
+
+        def recording(*args: Any, **kwargs: Any) -> Any:
+            sent.append(kwargs["search_params"])
+            return search(*args, **kwargs)
+
+        store._client.search = recording
+        query = unit_rows(np.random.default_rng(4), 1)[0]
+        assert [h.chunk.id for h in index.search(query, 5)] == [
+            chunks[i].id for i in np.argsort(-(vectors @ query))[:5]
+        ]
+        knob = {"HNSW": {"ef": settings.milvus_ef_search}, "IVF_FLAT": {"nprobe": settings.milvus_ivf_nprobe}}
+        assert sent == [{"metric_type": "IP", "params": knob.get(built, {})}]
+    finally:
+        store.close()
+
+
+def test_a_changed_milvus_index_setting_reindexes_the_vectors_at_the_next_ingest_without_re_embedding(
+    docs: Path, tmp_path: Path
+) -> None:
+    base = Settings(index_dir=tmp_path / "index", chunk_tokens=48, chunk_overlap=8, vector_store="milvus")
+
+    def run(**changed: Any) -> tuple[Any, list[str], Any, np.ndarray]:
+        settings = base.model_copy(update=changed)
+        store = MilvusStore.connect(settings)
+        try:
+            emb = CountingEmbedder()
+            report = ingest(docs, settings.index_dir, emb, settings, progress=False, store=store)
+            live = load_index(settings.index_dir, store=store)
+            described = store._client.describe_index(live.manifest.vectors["collection"], "vector")  # type: ignore[index]
+            return report, emb.seen, described, live.vectors
+        finally:
+            store.close()
+
+    first, _, built, vectors = run(milvus_index_type="HNSW", milvus_hnsw_m=16)
+    assert built["index_type"] == "HNSW" and built["params"]["M"] == 16
+    # Each change of the index, and only a change, makes a new version of the same vectors.
+    steps: list[tuple[dict[str, Any], dict[str, Any] | None]] = [
+        ({"milvus_index_type": "HNSW", "milvus_hnsw_m": 24}, {"M": 24, "efConstruction": 200}),  # a build parameter
+        ({"milvus_index_type": "IVF_FLAT"}, {"nlist": first.chunks_total // 39 or 1}),  # the index type
+        ({"milvus_index_type": "IVF_FLAT", "milvus_ivf_nprobe": 4}, None),  # a search-time setting: up to date
+    ]
+    version = first.index_version
+    for changed, params in steps:
+        report, embedded, built, again = run(**changed)
+        assert embedded == [] and report.chunks_embedded == 0 and report.rebuild_reason is None
+        assert np.array_equal(again, vectors)  # read back from the previous version, bit for bit
+        if params is None:
+            assert report.index_version == version
+            continue
+        assert report.index_version != version, changed
+        assert built["index_type"] == changed["milvus_index_type"] and built["params"] == params
+        version = report.index_version
+
+
 def test_a_milvus_write_past_its_deadline_is_one_clear_error_and_the_old_version_stays(tmp_path: Path) -> None:
     settings = Settings(index_dir=tmp_path / "index", vector_store="milvus")
     store = MilvusStore.connect(settings)
@@ -620,9 +777,10 @@ def test_a_milvus_write_past_its_deadline_is_one_clear_error_and_the_old_version
         store.write_timeout = settings.milvus_write_timeout_s
         assert load_index(settings.index_dir, store=store).version == first.version
         # The timed-out write may still be running in Milvus, so its collection can outlive the
-        # discard; the next commit drops it.
+        # discard; the next commit drops it (and keeps the version it replaced).
         second = save_index(settings.index_dir, *synthetic(3, 5, seed=2), store)
-        assert collections(store) == [second.manifest.vectors["collection"]]  # type: ignore[index]
+        kept = [first.manifest.vectors["collection"], second.manifest.vectors["collection"]]  # type: ignore[index]
+        assert collections(store) == sorted(kept)
     finally:
         store.close()
 
@@ -643,7 +801,9 @@ def test_a_commit_stands_when_tidying_up_after_it_fails(
     assert "is live, but tidying up after it failed" in caplog.text
     monkeypatch.undo()
     third = save_index(settings.index_dir, *synthetic(2, 5, seed=2), store)  # the next writer tidies up
-    assert collections(store) == [third.manifest.vectors["collection"]] == [alias_target(store)]  # type: ignore[index]
+    live = third.manifest.vectors["collection"]  # type: ignore[index]
+    assert collections(store) == sorted([second.manifest.vectors["collection"], live])  # type: ignore[index]
+    assert alias_target(store) == live
 
 
 @pytest.mark.slow

@@ -85,3 +85,6 @@ class PlainRag:
 
     def check_ready(self) -> None:
         self.pipeline.check_ready()
+
+    def close(self) -> None:
+        pass  # the pipeline it answers through is its caller's, to close with it
