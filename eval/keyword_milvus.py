@@ -127,7 +127,7 @@ class MilvusKeyword:
             output_fields=["row"],
             timeout=self.timeout,
         )
-        # abs: Milvus Lite 3.2.2 reports a BM25 score negated (its distance convention), a server as it is.
+        # abs: Milvus Lite 3.2.2 reports a BM25 score negated (a smaller-is-better distance); a score is never < 0.
         return [(int(h["row"]), abs(float(h["distance"]))) for h in (found[0] if found else [])]
 
 
