@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import Protocol
 
 import bm25s
 import numpy as np
@@ -16,6 +17,12 @@ import Stemmer
 
 # bm25s sets its own logger to DEBUG on import, which would print on every index build.
 logging.getLogger("bm25s").setLevel(logging.WARNING)
+
+
+class KeywordSearch(Protocol):
+    """What retrieval needs from a keyword index: ``(row, score)`` pairs, best first, rows of the chunk store."""
+
+    def search(self, query: str, k: int) -> list[tuple[int, float]]: ...
 
 
 class KeywordIndex:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from rag.embedding import Embedder
 from rag.index import Index
-from rag.keyword import KeywordIndex
+from rag.keyword import KeywordIndex, KeywordSearch
 from rag.types import Chunk, Hit
 
 
@@ -75,12 +75,22 @@ def merge_overlapping(hits: list[Hit]) -> list[Hit]:
 
 
 class Retriever:
-    def __init__(self, index: Index, embedder: Embedder, *, candidates: int = 20, rrf_k: int = 60) -> None:
+    def __init__(
+        self,
+        index: Index,
+        embedder: Embedder,
+        *,
+        candidates: int = 20,
+        rrf_k: int = 60,
+        keyword: KeywordSearch | None = None,
+    ) -> None:
         self.index = index
         self.embedder = embedder
         self.candidates = candidates
         self.rrf_k = rrf_k
-        self.keyword = KeywordIndex([c.text for c in index.chunks])
+        # bm25s over the chunk texts unless another keyword index over the same rows is given:
+        # another keyword backend is then measured through this same fusion.
+        self.keyword: KeywordSearch = keyword if keyword is not None else KeywordIndex([c.text for c in index.chunks])
         self._row_of = {c.id: row for row, c in enumerate(index.chunks)}
 
     def retrieve(self, query: str, k: int) -> Retrieved:
