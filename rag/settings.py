@@ -119,7 +119,7 @@ class Settings(BaseSettings):
     # convex, dense 0.4 (was rrf, k=60): on eval/squad tune recall@1 0.808 -> 0.841, MRR 0.868 -> 0.891, recall@4
     # 0.954 either way (retrieval-only); weights 0.3-0.5 and other scalings (by the top score, z-score) did about as
     # well there, RRF at any k and weight worse. Held out 0.785 -> 0.826, MRR 0.858 -> 0.883, recall@4 0.940 -> 0.960;
-    # seeds recall@5 stays 1.000.
+    # seeds recall@5 stays 1.000. README, "Fusing dense and keyword retrieval".
     fusion: Literal["convex", "rrf"] = Field(
         "convex",
         description="How the dense and BM25 candidates are fused: convex = each retriever's scores scaled to 0-1 "
