@@ -203,6 +203,8 @@ def measure_set(gold_set: GoldSet, embedder: Embedder, uris: list[str]) -> dict[
         "answerable": sum(i.answerable for i in items),
         "reranker": settings.reranker,
         "candidates": settings.candidates,
+        "fusion": settings.fusion,
+        "dense_weight": settings.dense_weight,
         "rrf_k": settings.rrf_k,
         "top_k": settings.top_k,
     }
@@ -211,7 +213,15 @@ def measure_set(gold_set: GoldSet, embedder: Embedder, uris: list[str]) -> dict[
         return [Hit(index.chunks[row], score) for row, score in keyword.search(query, depth)]
 
     def fused_hits(keyword: KeywordSearch) -> Search:
-        retriever = Retriever(index, embedder, candidates=settings.candidates, rrf_k=settings.rrf_k, keyword=keyword)
+        retriever = Retriever(
+            index,
+            embedder,
+            candidates=settings.candidates,
+            fusion=settings.fusion,
+            dense_weight=settings.dense_weight,
+            rrf_k=settings.rrf_k,
+            keyword=keyword,
+        )
         return lambda query: retriever.retrieve(query, max(5, settings.top_k)).hits  # the depth `rag eval` retrieves
 
     keywords: dict[str, KeywordSearch] = {}

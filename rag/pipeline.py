@@ -24,6 +24,7 @@ from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rag.decision import calibrated, decide, decide_together
 from rag.drafting import Draft, verified_stream
@@ -46,6 +47,9 @@ from rag.retrieval import Retrieved, Retriever
 from rag.settings import Settings
 from rag.types import Answer, Citation, DocInfo, Hit, Turn
 from rag.vectors import VectorStore, vector_store
+
+if TYPE_CHECKING:
+    from rag.index import Index
 
 log = logging.getLogger(__name__)
 
@@ -75,12 +79,7 @@ class Pipeline:
         self._rewrites_lock = threading.Lock()
         self._warm_cursor = 0  # next chunk for warm_next (an index swap starts over)
         self._warmed = 0  # passages warm_next has read since then
-        self._retriever = Retriever(
-            load_index(settings.index_dir, embedder.id, self.store),
-            embedder,
-            candidates=settings.candidates,
-            rrf_k=settings.rrf_k,
-        )
+        self._retriever = self._new_retriever(load_index(settings.index_dir, embedder.id, self.store))
         if generator is not None:
             # Every rewrite and every answer prompt starts the same: have the model read those
             # once, now (the answer prefix last, so that it is what the cache holds).
@@ -88,6 +87,12 @@ class Pipeline:
             generator.keep_state(answer_prefix(), pin=True)
 
     # ------------------------------------------------------------------ retrieval
+
+    def _new_retriever(self, index: Index) -> Retriever:
+        s = self.settings
+        return Retriever(
+            index, self.embedder, candidates=s.candidates, fusion=s.fusion, dense_weight=s.dense_weight, rrf_k=s.rrf_k
+        )
 
     def _k(self, k: int | None) -> int:
         return k if k is not None else self.settings.top_k
@@ -411,9 +416,7 @@ class Pipeline:
         from rag.index import Index
 
         assert isinstance(index, Index)
-        self._retriever = Retriever(
-            index, self.embedder, candidates=self.settings.candidates, rrf_k=self.settings.rrf_k
-        )
+        self._retriever = self._new_retriever(index)
         self._warm_cursor = 0  # new or changed chunks may sit anywhere in the new index
         self._warmed = 0
 

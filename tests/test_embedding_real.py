@@ -63,5 +63,5 @@ def test_real_ingest_of_the_seeds_answers_the_port_question(
     question = "Which port were the munitions shipped from?"
     dense = index.search(embedder.embed([question])[0], 3)
     assert any("Rason" in h.chunk.text for h in dense) and dense[0].score > dense[-1].score
-    hits = Retriever(index, embedder, candidates=20, rrf_k=60).retrieve(question, 4).hits
+    hits = Retriever(index, embedder).retrieve(question, 4).hits
     assert "Rason" in hits[0].chunk.text

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from rag.ingest import ingest
 from rag.keyword import KeywordIndex
-from rag.retrieval import Retriever, merge_overlapping, rrf_fuse
+from rag.retrieval import Retriever, convex_fuse, merge_overlapping, rrf_fuse
 from rag.settings import Settings
 from rag.store import load_index
 from rag.types import Chunk, Hit
@@ -17,6 +19,26 @@ def test_rrf_prefers_items_ranked_by_both() -> None:
     fused = rrf_fuse([[1, 2, 3], [2, 4, 9]], rrf_k=60)
     assert fused[0][0] == 2
     assert {row for row, _ in fused} == {1, 2, 3, 4, 9}
+
+
+def test_convex_fusion_keeps_a_wide_bm25_lead_that_rrf_loses() -> None:
+    dense = [(2, 0.80), (1, 0.78), (4, 0.50)]  # cosine: close together
+    bm25 = [(4, 20.0), (2, 3.0), (3, 2.0)]  # row 4 far ahead (a rare name, say)
+    # Scaled over each list: dense 2 -> 1, 1 -> 0.28/0.30, 4 -> 0; BM25 4 -> 1, 2 -> 1/18, 3 -> 0.
+    # Fused with weights 0.4/0.6: 4 -> 0.6, 2 -> 0.4 + 0.6/18, 1 -> 0.4 * 0.28/0.30, 3 -> 0.
+    fused = convex_fuse([dense, bm25], [0.4, 0.6])
+    assert [row for row, _ in fused] == [4, 2, 1, 3]
+    assert [score for _, score in fused] == pytest.approx([0.6, 0.4 + 0.6 / 18, 0.4 * 0.28 / 0.30, 0.0])
+    # Ranks alone put row 2 first: 1/61 + 1/62 beats 1/61 + 1/63.
+    assert rrf_fuse([[2, 1, 4], [4, 2, 3]], rrf_k=60)[0][0] == 2
+
+
+def test_convex_fusion_edges() -> None:
+    # An empty ranking (no query word in the corpus) leaves the other's order; equal scores count fully.
+    assert convex_fuse([[(5, 0.7), (6, 0.3)], []], [0.4, 0.6]) == [(5, 0.4), (6, 0.0)]
+    assert convex_fuse([[(5, 0.7)], [(6, 9.0)]], [0.4, 0.6]) == [(6, 0.6), (5, 0.4)]
+    # Weight 1 on the dense side gives the dense order back.
+    assert [row for row, _ in convex_fuse([[(3, 0.9), (1, 0.5), (2, 0.1)], [(2, 8.0)]], [1.0, 0.0])] == [3, 1, 2]
 
 
 def test_merge_keeps_exact_offsets() -> None:
