@@ -7,12 +7,14 @@ path runs Milvus Lite inside this process (nothing to start, one process at a ti
 What lives where: the manifest (with the per-document hashes that make ingest
 incremental) and the chunk store stay in ``RAG_INDEX_DIR`` as for FAISS, and so does
 the keyword index (bm25s, rebuilt in memory from the chunk store: ~3 s for 50k
-passages, so it fits beside Milvus; Milvus's own BM25 was not measured). The
+passages, so it fits beside Milvus; Milvus's own BM25 retrieved no better and took ~10x
+longer a query: see ``eval/keyword_milvus.py`` and the README). The
 collection holds only ``(row, vector)``: row ``i`` is line ``i`` of the version's
 ``chunks.jsonl``, exactly as for FAISS.
 
 Old or new, never a mix: a version's vectors go into a fresh collection
-``<name>_v_<version>``, which is filled, flushed, indexed and loaded before ``CURRENT``
+``<name>_v_<version>``, which is filled, flushed, indexed and loaded (every segment through
+its built index, which a Milvus server builds in the background) before ``CURRENT``
 names the version (the commit, as for FAISS). A loaded index searches the collection
 its manifest names, so it can never see another version's rows; the alias ``<name>``
 is then switched to it (``alter_alias``) for anything else that reads by name, and every
