@@ -76,7 +76,7 @@ class SentenceTransformerEmbedder:
     def __init__(
         self,
         model_path: Path | None = None,
-        batch_size: int = 32,
+        batch_size: int = 16,
         threads: int | None = None,
         model_id: str | None = None,
     ) -> None:

@@ -148,7 +148,7 @@ class OnnxEmbedder:
         model_id: str,
         dim: int,
         max_seq_length: int,
-        batch_size: int = 32,
+        batch_size: int = 16,
     ) -> None:
         from tokenizers import Tokenizer
 
@@ -199,7 +199,7 @@ def load_onnx_embedder(
     *,
     cache_dir: Path,
     quantized: bool,
-    batch_size: int = 32,
+    batch_size: int = 16,
     threads: int | None = None,
 ) -> OnnxEmbedder:
     """Export ``model_path`` once into ``cache_dir`` (and quantize it if asked), then load it on onnxruntime."""
