@@ -37,7 +37,7 @@ import os
 import re
 import secrets
 import shutil
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -266,8 +266,7 @@ def save_index(
         final = replace(final, vectors=staged.record)
         files: dict[str, dict[str, Any]] = {}
         # Files first, manifest last (it carries their sizes and hashes).
-        lines = "".join(_chunk_to_json(c) + "\n" for c in chunks).encode("utf-8")
-        files[CHUNKS] = _write_durably(tmp / CHUNKS, lines)
+        files[CHUNKS] = _write_durably(tmp / CHUNKS, (f"{_chunk_to_json(c)}\n".encode() for c in chunks))
         for name, data in staged.files.items():
             files[name] = _write_durably(tmp / name, data)
         final = replace(final, files=files)
@@ -331,9 +330,14 @@ def _check_consistent(manifest: Manifest, chunks: list[Chunk], vectors: np.ndarr
         raise ValueError("chunks must be ordered by document id, in the order the manifest lists them")
 
 
-def _write_durably(path: Path, data: bytes) -> dict[str, Any]:
+def _write_durably(path: Path, data: bytes | Iterable[bytes]) -> dict[str, Any]:
+    """Write ``data`` (or its parts in turn: the chunk store line by line, never whole in memory) and fsync."""
+    digest, size = hashlib.sha256(), 0
     with open(path, "wb") as f:
-        f.write(data)
+        for part in (data,) if isinstance(data, bytes) else data:
+            f.write(part)
+            digest.update(part)
+            size += len(part)
         f.flush()
         os.fsync(f.fileno())
-    return {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    return {"bytes": size, "sha256": digest.hexdigest()}

@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -313,8 +313,9 @@ def full_disk_at(monkeypatch: pytest.MonkeyPatch, call: int) -> Callable[[], Non
     real = rag.store._write_durably
     calls = Counter[str]()
 
-    def write(path: Path, data: bytes) -> dict[str, object]:
+    def write(path: Path, data: bytes | Iterable[bytes]) -> dict[str, object]:
         calls["n"] += 1
+        data = data if isinstance(data, bytes) else b"".join(data)
         if calls["n"] == call:
             path.write_bytes(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, "No space left on device", str(path))
