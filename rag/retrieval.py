@@ -112,7 +112,7 @@ class Retriever:
         embedder: Embedder,
         *,
         candidates: int = 20,
-        fusion: Fusion = "convex",
+        fusion: Fusion = "rrf",
         dense_weight: float = 0.4,
         rrf_k: int = 60,
         keyword: KeywordSearch | None = None,

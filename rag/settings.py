@@ -120,12 +120,12 @@ class Settings(BaseSettings):
     # --- retrieval
     top_k: int = Field(4, ge=1, le=20, description="Passages given to the generator.")
     candidates: int = Field(20, ge=1, le=200, description="Candidates per retriever before fusion.")
-    # convex, dense 0.4 (was rrf, k=60): on eval/squad tune recall@1 0.808 -> 0.841, MRR 0.868 -> 0.891, recall@4
-    # 0.954 either way (retrieval-only); weights 0.3-0.5 and other scalings (by the top score, z-score) did about as
-    # well there, RRF at any k and weight worse. Held out 0.785 -> 0.826, MRR 0.858 -> 0.883, recall@4 0.940 -> 0.960;
-    # seeds recall@5 stays 1.000. README, "Fusing dense and keyword retrieval".
+    # rrf stays the default. convex (dense 0.4) retrieves better: eval/squad tune recall@1 0.808 -> 0.841, held out
+    # 0.785 -> 0.826, seeds recall@5 1.000 either way; but on the seed set's full answering run it answered 3 more
+    # near-miss unanswerables (refusal recall 0.543 -> 0.478), past the floors. README, "Fusing dense and keyword
+    # retrieval".
     fusion: Literal["convex", "rrf"] = Field(
-        "convex",
+        "rrf",
         description="How the dense and BM25 candidates are fused: convex = each retriever's scores scaled to 0-1 "
         "over its candidates, then weighted (RAG_DENSE_WEIGHT); rrf = reciprocal rank fusion (RAG_RRF_K).",
     )
