@@ -427,18 +427,23 @@ def test_a_file_the_index_changed_under_the_ingest_is_read_under_the_lock(
     assert "library closes" in chunk_texts(s, "notice.png")
 
 
-def test_an_index_from_before_ocr_options_were_recorded_records_them_on_the_next_ingest(
-    ocr_corpus: Settings, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def ingest_as_before_ocr_options_were_recorded(s: Settings) -> None:
+    """Ingest the corpus, then drop each entry's OCR options, as a manifest written before that field."""
     import json
 
-    s = ocr_corpus
     ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
     manifest_path = s.index_dir / (s.index_dir / CURRENT).read_text().strip() / MANIFEST
     manifest = json.loads(manifest_path.read_text())
     for entry in manifest["documents"].values():
-        del entry["ocr"]  # as the manifest was written before this field
+        del entry["ocr"]
     manifest_path.write_text(json.dumps(manifest))
+
+
+def test_an_index_from_before_ocr_options_were_recorded_records_them_on_the_next_ingest(
+    ocr_corpus: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = ocr_corpus
+    ingest_as_before_ocr_options_were_recorded(s)
     old = load_index(s.index_dir)
 
     counting = Counting(monkeypatch)
@@ -457,15 +462,8 @@ def test_an_index_from_before_ocr_options_were_recorded_records_them_on_the_next
 def test_an_index_from_before_ocr_options_were_recorded_re_embeds_a_scan_that_now_reads_otherwise(
     ocr_corpus: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import json
-
     s = ocr_corpus
-    ingest(s.corpus_dir, s.index_dir, FakeEmbedder(), s, progress=False)
-    manifest_path = s.index_dir / (s.index_dir / CURRENT).read_text().strip() / MANIFEST
-    manifest = json.loads(manifest_path.read_text())
-    for entry in manifest["documents"].values():
-        del entry["ocr"]  # as the manifest was written before this field
-    manifest_path.write_text(json.dumps(manifest))
+    ingest_as_before_ocr_options_were_recorded(s)
 
     # Another Tesseract reads the same image with one more line: the indexed chunks are stale now.
     real_tesseract = ocr._tesseract
