@@ -1,12 +1,12 @@
 """Retrieval stage: dense (FAISS) + keyword (BM25), fused, overlaps merged.
 
-The two retrievers' score scales are unrelated (cosine vs. BM25), so the default
-fusion first scales each retriever's scores to [0, 1] over its own candidates and
-then takes a weighted sum (``convex_fuse``). Unlike reciprocal rank fusion
-(``rrf_fuse``, still selectable) it keeps how far apart the candidates are: a
-passage far ahead on BM25 (a rare name, a number) stays ahead instead of counting
-as just "rank 1". On eval/squad that found the passage first more often, held out
-too (figures at ``Settings.fusion``).
+The two retrievers' score scales are unrelated (cosine vs. BM25). The default,
+reciprocal rank fusion (``rrf_fuse``), compares ranks only. ``convex_fuse``
+(``RAG_FUSION=convex``) scales each retriever's scores to [0, 1] over its own
+candidates and takes a weighted sum, so a passage far ahead on BM25 (a rare name, a
+number) stays ahead instead of counting as just "rank 1": on eval/squad it found the
+passage first more often, held out too, but the answers over it refused fewer
+near-miss unanswerables (figures at ``Settings.fusion``).
 """
 
 from __future__ import annotations
