@@ -268,7 +268,8 @@ class MilvusStore:
             described = self._call("describe the index", self._client.describe_index, name, VECTOR)
             indexed = described.get("indexed_rows") if isinstance(described, dict) else None
             if indexed is None or int(indexed) >= n:  # a Milvus that does not say is taken at its word
-                if self._call("list loaded segments", self._loaded_indexed, name, n):
+                # Under MIN_INDEXED_SEGMENT_ROWS every segment is searched exhaustively: nothing to wait for.
+                if n < MIN_INDEXED_SEGMENT_ROWS or self._call("list loaded segments", self._loaded_indexed, name, n):
                     return
                 built_at = built_at or time.monotonic()
                 if time.monotonic() - built_at > SEGMENT_SWAP_WAIT_S:

@@ -69,9 +69,16 @@ def settings(request: pytest.FixtureRequest, tmp_path: Path) -> Settings:
         return base
     uri = request.getfixturevalue(request.param.replace("-", "_")).uri if request.param in SERVERS else None
     # uri None: Milvus Lite at RAG_INDEX_DIR/milvus.db, the default.
-    return base.model_copy(
-        update={"vector_store": "milvus", "milvus_uri": uri, "milvus_collection": f"t{uuid.uuid4().hex[:12]}"}
-    )
+    update: dict[str, object] = {
+        "vector_store": "milvus",
+        "milvus_uri": uri,
+        "milvus_collection": f"t{uuid.uuid4().hex[:12]}",
+    }
+    if uri is not None:
+        # The session's milvus-lite server is pure Python and holds every test's collections: on loaded CI cores
+        # it was seen to take over the default 10 s to accept a connection (4 of 19 cases in one run, 1 in another).
+        update["milvus_timeout_s"] = 60.0
+    return base.model_copy(update=update)
 
 
 @pytest.fixture
