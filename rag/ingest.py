@@ -176,7 +176,7 @@ def ingest(
 
         # A manifest written before scanned pages (or OCR options) were recorded gets them from the documents
         # just read (same bytes and, see `reread`, the same text): a new version, nothing re-embedded.
-        unrecorded = any(reusable[doc_id].scanned_pages is None or reusable[doc_id].ocr is None for doc_id in reuse)
+        unrecorded = any(_unrecorded(reusable[doc_id]) for doc_id in reuse)
         if previous is not None and not fresh and removed == 0 and not unrecorded:
             kept = len(previous.chunks)
             kind = resolve_index_type(settings.index_type, kept, settings.hnsw_threshold)
@@ -267,8 +267,13 @@ def known_documents(
     return {
         doc_id: Known(e.sha256, e.ocr)
         for doc_id, e in manifest.documents.items()
-        if e.scanned_pages is not None and e.ocr is not None
+        if e.scanned_pages is not None and e.ocr is not None  # spelled out, so mypy knows e.ocr is a str
     }
+
+
+def _unrecorded(entry: DocEntry) -> bool:
+    """Whether an entry is from before ``DocEntry.scanned_pages`` or ``DocEntry.ocr`` was recorded."""
+    return entry.scanned_pages is None or entry.ocr is None
 
 
 def _holds(entry: DocEntry | None, sha256: str, ocr: str, *, migrated: bool = False) -> bool:
@@ -279,7 +284,7 @@ def _holds(entry: DocEntry | None, sha256: str, ocr: str, *, migrated: bool = Fa
     """
     if entry is None or entry.sha256 != sha256:
         return False
-    if entry.ocr is None or entry.scanned_pages is None:
+    if _unrecorded(entry):
         return not migrated
     return entry.ocr == ocr
 
@@ -289,7 +294,7 @@ def _reads_otherwise(entry: DocEntry | None, doc: Document) -> bool:
 
     Its character count is all that such an entry says of the text it was chunked from.
     """
-    if entry is None or entry.sha256 != doc.sha256 or (entry.ocr is not None and entry.scanned_pages is not None):
+    if entry is None or entry.sha256 != doc.sha256 or not _unrecorded(entry):
         return False
     return entry.chars != len(doc.text)
 
@@ -350,7 +355,7 @@ def compose(
         kept = previous.vectors
         for doc_id in reuse:
             entry = previous.manifest.documents[doc_id]
-            if (entry.scanned_pages is None or entry.ocr is None) and doc_id in loaded:
+            if _unrecorded(entry) and doc_id in loaded:
                 doc = loaded[doc_id]
                 entry = replace(entry, scanned_pages=tuple(sorted(doc.scanned_pages)), ocr=doc.ocr)
             # A document's chunks are contiguous rows (the layout below), so one slice takes them.
