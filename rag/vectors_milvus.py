@@ -61,6 +61,13 @@ MIN_INDEXED_SEGMENT_ROWS = 1024
 # How long a built index may take to reach the loaded segments (~30 s measured at 100k vectors) before the version
 # is published anyway, with a warning: a server configured to skip larger segments never gets there.
 SEGMENT_SWAP_WAIT_S = 120.0
+# Milvus Lite (a local .db, or `milvus-lite server` by URI) is a Python gRPC server with gRPC's default ping
+# policy: it allows a client ping only every 5 minutes during a call, never while idle, and after 2 strikes it
+# sends GOAWAY "too_many_pings" and drops the connection. pymilvus pings every 10 s even while idle, so every
+# connection idle for ~30 s was dropped, and a request racing the drop failed (UNAVAILABLE; a CI run's connect
+# did). Lite gets no idle pings and call pings 6 minutes apart; a Milvus server (allows one every 5 s) keeps
+# pymilvus's defaults, which notice a connection a NAT dropped while idle.
+LITE_GRPC = {"grpc.keepalive_permit_without_calls": False, "grpc.keepalive_time_ms": 360_000}
 BATCH = 2000  # rows per insert or query: ~3 MB of 384-dim floats, well under gRPC's message limit
 SERVER_SCHEMES = ("http://", "https://", "tcp://", "grpc://", "unix:")
 
@@ -113,12 +120,23 @@ class MilvusStore:
             except OSError as exc:
                 raise InputError(f"RAG_MILVUS_URI={uri!r}: cannot create {path.parent} ({exc.strerror}).") from exc
             uri = str(path)
-        try:
-            client = MilvusClient(
+
+        def open_client(grpc_options: dict[str, Any]) -> Any:
+            return MilvusClient(
                 uri=uri,
                 token=settings.milvus_token.get_secret_value() if settings.milvus_token else "",
                 timeout=settings.milvus_timeout_s,
+                grpc_options=grpc_options,
             )
+
+        try:
+            # Lite's options first, for a server too: a connection opened with pymilvus's defaults to a
+            # `milvus-lite server` (the same Python gRPC server as a local .db) was seen dropped while it
+            # lasted, even only to ask the version. A Milvus server is then reopened with the defaults.
+            client = open_client(LITE_GRPC)
+            if is_server(uri) and not str(client.get_server_version()).startswith("milvus_lite"):
+                client.close()
+                client = open_client({})
         except MilvusException as exc:
             if is_server(uri):
                 raise _unreachable(uri, "connect", exc) from None

@@ -474,6 +474,23 @@ def test_a_milvus_lite_file_held_by_another_process_is_one_clear_error(tmp_path:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("settings", ["milvus-lite", "milvus-lite-server"], indirect=True)
+def test_a_milvus_lite_connection_idle_for_a_minute_is_not_dropped(
+    settings: Settings, store: VectorStore, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Milvus Lite's Python gRPC server dropped a connection that pymilvus's 10 s keepalive pinged while idle
+    (GOAWAY "too_many_pings" after ~30 s; a request racing the drop failed: a CI run's connect). A service sits
+    idle between questions, so its connection must outlive that."""
+    manifest, chunks, vectors = synthetic(2, 5)
+    save_index(settings.index_dir, manifest, chunks, vectors, store)
+    loaded = load_index(settings.index_dir, "test-embedder", store)
+    capfd.readouterr()
+    time.sleep(45)  # four of pymilvus's pings; the server dropped the connection at the third
+    assert loaded.search(vectors[3], 1)[0].chunk.id == chunks[3].id
+    assert "too_many_pings" not in capfd.readouterr().err
+
+
+@pytest.mark.slow
 def test_the_standalone_server_is_milvus_2_3_not_milvus_lite(milvus_standalone: MilvusServer) -> None:
     """The milvus-standalone cases run against the engine they name (the milvus 2.3.5 package's binary)."""
     from pymilvus import MilvusClient
