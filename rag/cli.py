@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
+from contextlib import closing
 from pathlib import Path
 from typing import TextIO
 
@@ -56,7 +57,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     if args.warm:
         from rag.pipeline import build_pipeline
 
-        warmed = warm_all(build_pipeline(settings, embedder=embedder), sys.stderr)
+        with closing(build_pipeline(settings, embedder=embedder)) as pipeline:
+            warmed = warm_all(pipeline, sys.stderr)
     if args.json:
         _print_json({**report.to_dict(), **({"passages_warmed": warmed} if warmed is not None else {})})
     else:
@@ -90,8 +92,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from rag.serialization import hit_to_dict
 
     settings = _settings(args)
-    pipeline = build_pipeline(settings, with_generator=False)
-    hits = pipeline.search(args.query, k=args.k)
+    with closing(build_pipeline(settings, with_generator=False)) as pipeline:
+        hits = pipeline.search(args.query, k=args.k)
     if args.json:
         _print_json({"hits": [hit_to_dict(h) for h in hits]})
     else:
@@ -106,15 +108,16 @@ def cmd_info(args: argparse.Namespace) -> int:
     from rag.vectors import vector_store
 
     settings = _settings(args)
-    index = load_index(settings.index_dir, store=vector_store(settings))
-    docs = index.documents()
-    info = {
-        "index_dir": str(settings.index_dir),
-        "index_version": index.version,
-        "documents": len(docs),
-        "chunks": len(index.chunks),
-        "manifest": index.manifest.to_json(),
-    }
+    with closing(vector_store(settings)) as store:
+        index = load_index(settings.index_dir, store=store)
+        docs = index.documents()
+        info = {
+            "index_dir": str(settings.index_dir),
+            "index_version": index.version,
+            "documents": len(docs),
+            "chunks": len(index.chunks),
+            "manifest": index.manifest.to_json(),
+        }
     if args.json:
         _print_json(info)
     else:
@@ -130,13 +133,13 @@ def cmd_ask(args: argparse.Namespace) -> int:
     from rag.types import Answer
 
     settings = _settings(args)
-    pipeline = build_pipeline(settings)
     answer: Answer | None = None
-    for piece in pipeline.ask_stream(args.question, k=args.k):
-        if isinstance(piece, Answer):
-            answer = piece
-        elif not args.json:
-            print(piece, end="", flush=True)
+    with closing(build_pipeline(settings)) as pipeline:
+        for piece in pipeline.ask_stream(args.question, k=args.k):
+            if isinstance(piece, Answer):
+                answer = piece
+            elif not args.json:
+                print(piece, end="", flush=True)
     assert answer is not None
     if args.json:
         _print_json(answer_to_dict(answer))
