@@ -2,7 +2,7 @@
 
 Why: the same weights on onnxruntime give torch's vectors without importing torch,
 so a process starts in ~1 s instead of ~8 s and holds ~300 MB less; embedding is
-about as fast as torch in fp32 and ~1.4-1.7x faster with dynamic int8 weights, whose
+about as fast as torch in fp32 and ~1.6x faster with dynamic int8 weights, whose
 vectors are close to, not equal to, torch's (figures in the README).
 sentence-transformers' own ``backend="onnx"`` needs optimum, which does not install
 beside transformers 5, so we export with ``torch.onnx`` ourselves.
@@ -422,8 +422,8 @@ def _quantize(fp32: Path, out: Path) -> None:
     VNNI, interleaved rounds, 2026-12-05): cosine to fp32 mean 0.9943 -> 0.9971, min
     0.9895 -> 0.9942; `rag eval --retrieval-only` held-out recall@1 0.772 -> 0.779 (fp32
     0.785), the only figure over a point from fp32 on the seed and SQuAD sets; speed over
-    fp32 embedding x2.09 -> x1.55, `rag bench`-style ingest of 500 passages x2.06 -> x1.59
-    (a CPU without VNNI gains less from int8: x1.40 before this change, per the README).
+    fp32 embedding x2.09 -> x1.55, `rag bench`-style ingest of 500 passages x2.06 -> x1.59.
+    Int8 pays here through VNNI; a CPU without it would gain less.
     """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic

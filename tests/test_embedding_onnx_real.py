@@ -93,7 +93,8 @@ def test_int8_stays_close_to_torch_under_its_own_id(
     assert int8_embedder.id == "all-MiniLM-L6-v2-onnx-int8"
     # Real text only: the empty string (just [CLS] [SEP], never a chunk or a query) drifts further (~0.965).
     texts = [t for t in SENTENCES if t]
-    assert cosines(int8_embedder.embed(texts), torch_embedder.embed(texts)).min() >= 0.98
+    # 0.99: the down-projections kept fp32 give 0.9957 here; quantizing them too gave 0.9886 (RECIPE 1).
+    assert cosines(int8_embedder.embed(texts), torch_embedder.embed(texts)).min() >= 0.99
     for emb in (torch_embedder, int8_embedder):
         top = (emb.embed(QUERIES) @ emb.embed(DOCS).T).argmax(axis=1)
         assert top.tolist() == [0, 1, 2], emb.id
