@@ -131,6 +131,8 @@ def bench_backends(settings: Settings, passages: int, loaded: dict[str, Any], ro
         out[f"ingest_passages_per_s_{key}"] = best[b]
         if b != "torch":
             out[f"ingest_speedup_{key}"] = best[b] / best["torch"]
+    # The int8 path's own figure: against fp32 on the same runtime and passages, not against torch.
+    out["ingest_speedup_int8_over_onnx"] = best["onnx-int8"] / best["onnx"]
     return out
 
 
