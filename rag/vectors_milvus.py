@@ -134,9 +134,15 @@ class MilvusStore:
             # `milvus-lite server` (the same Python gRPC server as a local .db) was seen dropped while it
             # lasted, even only to ask the version. A Milvus server is then reopened with the defaults.
             client = open_client(LITE_GRPC)
-            if is_server(uri) and not str(client.get_server_version()).startswith("milvus_lite"):
-                client.close()
-                client = open_client({})
+            if is_server(uri):
+                try:
+                    version = str(client.get_server_version())
+                except MilvusException:
+                    client.close()  # not left open behind the error
+                    raise
+                if not version.startswith("milvus_lite"):
+                    client.close()
+                    client = open_client({})
         except MilvusException as exc:
             if is_server(uri):
                 raise _unreachable(uri, "connect", exc) from None
