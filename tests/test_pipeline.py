@@ -154,7 +154,8 @@ def test_the_models_own_not_found_probability_decides_refusals(
 ) -> None:
     base = cite_passage_with("Rason", "The munitions were shipped from the port of Rason")
     gen = ScoringFakeGenerator(base.reply, p_missing)
-    pipeline = Pipeline(settings.model_copy(update={"refuse_at": 0.5, "refuse_together_at": 0.5}), FakeEmbedder(), gen)
+    s = settings.model_copy(update={"refuse_at": 0.5, "refuse_together_at": 0.5, "stop_reading_at": 0.1})
+    pipeline = Pipeline(s, FakeEmbedder(), gen)
     answer = pipeline.ask("Which port were the munitions shipped from?")
     assert answer.abstained is abstained
     # An answer carries the calibrated value; a refusal the model's own, uncalibrated.
