@@ -170,7 +170,11 @@ class MilvusStore:
         # Nested under "params" (the wire form every Milvus reads): pymilvus 3.0.2 otherwise sends each
         # build parameter as its own key, which Milvus Lite 3.2.2 ignores (its HNSW then builds with M=16).
         params.add_index(field_name=VECTOR, index_type=self.index_type, metric_type="IP", params={"params": build})
-        self._call("create a collection", self._client.create_collection, name, schema=schema, index_params=params)
+        # With index_params pymilvus also builds the (empty) index and loads the collection, within the same
+        # timeout: a write's, or a standalone server busy loading takes longer than a search's few seconds.
+        self._call(
+            "create a collection", self._client.create_collection, name, schema=schema, index_params=params, slow=True
+        )
         for start in range(0, n, BATCH):
             rows = [{ROW: start + i, VECTOR: v} for i, v in enumerate(vectors[start : start + BATCH])]
             self._call("insert vectors", self._client.insert, name, rows, slow=True)

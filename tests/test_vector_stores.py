@@ -570,7 +570,8 @@ def test_the_service_answers_503_with_the_reason_when_the_server_dies_mid_sessio
             found = client.post("/search", json={"query": "volcano lava"}).json()["hits"]
             assert found[0]["doc_id"] == "volcano.txt"
             upload = {"file": ("bridge.txt", b"The old bridge over the river was rebuilt in stone.", "text/plain")}
-            assert client.post("/documents", files=upload).status_code == 201
+            uploaded = client.post("/documents", files=upload)
+            assert uploaded.status_code == 201, uploaded.text
             assert client.get("/ready").json() == {"status": "ready"}
             server.kill()
             ready = client.get("/ready")
@@ -794,9 +795,10 @@ def test_a_milvus_write_past_its_deadline_is_one_clear_error_and_the_old_version
     try:
         manifest, chunks, vectors = synthetic(2, 5)
         first = save_index(settings.index_dir, manifest, chunks, vectors, store)
-        store.write_timeout = 1e-4  # no insert answers within 0.1 ms (gRPC's own DEADLINE_EXCEEDED)
+        store.write_timeout = 1e-4  # no write (create, insert, flush) answers within 0.1 ms (gRPC's DEADLINE_EXCEEDED)
         with pytest.raises(
-            VectorStoreError, match=r"could not (insert vectors|flush|load a collection): no answer within 0.0001 s"
+            VectorStoreError,
+            match=r"could not (create a collection|insert vectors|flush|load a collection): no answer within 0.0001 s",
         ):
             save_index(settings.index_dir, *synthetic(3, 5, seed=1), store)
         store.write_timeout = settings.milvus_write_timeout_s
